@@ -1,0 +1,202 @@
+"""Image reading, resizing, the small geometric helpers and the dataflow plumbing of data.py.
+
+Shape shorthand: N boxes, P polygon points, H x W image.
+Box model: continuous x1y1x2y2 floats, pixel i covers [i, i + 1) (see utils/np_box_ops.py).
+"""
+import multiprocessing
+import os
+
+import cv2
+import numpy as np
+
+import utils.tf_compat  # noqa: F401  (configures TensorFlow before tensorpack imports it)
+from tensorpack.dataflow import DataFromList, MultiProcessMapDataZMQ, imgaug
+
+__all__ = ['UnreadableImageError', 'read_image_bgr', 'CustomResize', 'box_to_point4', 'point4_to_box',
+           'polygons_to_mask', 'filter_boxes_inside_shape', 'SeededDataFromList', 'WORKER_FAILURE_KEY',
+           'SpawnMultiProcessMapData']
+
+
+class UnreadableImageError(ValueError):
+    """An image file exists but OpenCV cannot decode it (corrupt, truncated, not an image)."""
+
+
+def read_image_bgr(path):
+    """Read an image file as uint8 [H, W, 3] BGR.
+
+    Grayscale images are repeated to 3 channels, the alpha channel of RGBA
+    images is dropped and 16-bit images are scaled to 8 bits (OpenCV's
+    IMREAD_COLOR, which also applies the EXIF orientation, as tensorpack does).
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        UnreadableImageError: the file cannot be decoded as an image.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError("Image file not found: {}".format(path))
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None or image.size == 0:
+        raise UnreadableImageError("Cannot decode image file {} (corrupt or not an image)".format(path))
+    assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8, (path, image.shape, image.dtype)
+    return image
+
+
+def resized_shape(height, width, short_edge, max_size):
+    """(new_h, new_w) with the short side `short_edge`, unless the long side would exceed `max_size`.
+
+    Sizes are rounded half-up to ints, as in tensorpack's example.
+    """
+    scale = short_edge * 1.0 / min(height, width)
+    if height < width:
+        new_h, new_w = short_edge, scale * width
+    else:
+        new_h, new_w = scale * height, short_edge
+    if max(new_h, new_w) > max_size:
+        scale = max_size * 1.0 / max(new_h, new_w)
+        new_h, new_w = new_h * scale, new_w * scale
+    return int(new_h + 0.5), int(new_w + 0.5)
+
+
+class CustomResize(imgaug.ImageAugmentor):
+    """Resize so the short edge is `short_edge_length` (or sampled from it), capped by `max_size`.
+
+    Box and polygon coordinates are scaled with the image by the returned
+    transform's `apply_coords` (continuous coordinates scale exactly by
+    new_size / size, which matches OpenCV's pixel-centre-aligned resize).
+    """
+
+    def __init__(self, short_edge_length, max_size, interp=cv2.INTER_LINEAR):
+        """
+        Args:
+            short_edge_length: int, or [min, max] ints: the short edge is drawn
+                uniformly from the closed interval.
+            max_size: int, the longest edge is never larger than this.
+        """
+        super().__init__()
+        if isinstance(short_edge_length, (int, np.integer)):
+            short_edge_length = (int(short_edge_length), int(short_edge_length))
+        short_edge_length = tuple(int(x) for x in short_edge_length)
+        if len(short_edge_length) != 2 or not 0 < short_edge_length[0] <= short_edge_length[1]:
+            raise ValueError("short_edge_length must be a positive int or an increasing [min, max] pair, "
+                             "got {}".format(short_edge_length))
+        self._init(locals())
+
+    def get_transform(self, img):
+        height, width = img.shape[:2]
+        size = self.rng.randint(self.short_edge_length[0], self.short_edge_length[1] + 1)
+        new_h, new_w = resized_shape(height, width, size, self.max_size)
+        return imgaug.ResizeTransform(height, width, new_h, new_w, self.interp)
+
+
+def box_to_point4(boxes):
+    """The 4 corners of each box: float [N, 4] x1y1x2y2 -> [4N, 2] (x, y).
+
+    Corners of box n are rows 4n..4n+3: (x1, y1), (x2, y2), (x1, y2), (x2, y1).
+    """
+    boxes = np.asarray(boxes)
+    return boxes[:, [0, 1, 2, 3, 0, 3, 2, 1]].reshape((-1, 2))
+
+
+def point4_to_box(points):
+    """Inverse of `box_to_point4` for any point transform: [4N, 2] -> the enclosing boxes [N, 4]."""
+    corners = np.asarray(points).reshape((-1, 4, 2))
+    return np.concatenate([corners.min(axis=1), corners.max(axis=1)], axis=1)
+
+
+def polygons_to_mask(polys, height, width):
+    """Rasterize the union of polygons into a binary mask.
+
+    Args:
+        polys: list of float [P, 2] (x, y) arrays, P >= 3, pixel coordinates.
+        height, width: int, mask size.
+    Returns:
+        uint8 [height, width], values in {0, 1}.
+    """
+    import pycocotools.mask as cocomask  # imported late: only the mask dataflow needs it
+
+    if len(polys) == 0:
+        raise ValueError("polygons_to_mask needs at least one polygon")
+    flat = []
+    for poly in polys:
+        poly = np.asarray(poly, dtype=np.float64).reshape((-1, 2))
+        if len(poly) < 3:
+            # pycocotools would read a 2-point (4-number) list as a bbox
+            raise ValueError("A polygon needs at least 3 points, got {}".format(len(poly)))
+        flat.append(poly.ravel().tolist())
+    rles = cocomask.frPyObjects(flat, height, width)
+    return cocomask.decode(cocomask.merge(rles)).astype(np.uint8)
+
+
+def filter_boxes_inside_shape(boxes, shape_hw):
+    """Boxes that lie entirely inside the image [0, w] x [0, h].
+
+    Args:
+        boxes: float [N, 4] x1y1x2y2.
+        shape_hw: (h, w).
+    Returns:
+        (indices int [K], boxes[indices] [K, 4]).
+    """
+    h, w = shape_hw
+    inside = (boxes[:, 0] >= 0) & (boxes[:, 1] >= 0) & (boxes[:, 2] <= w) & (boxes[:, 3] <= h)
+    indices = np.where(inside)[0]
+    return indices, boxes[indices]
+
+
+class SeededDataFromList(DataFromList):
+    """`DataFromList` whose shuffling order is reproducible from `seed` (None: a random seed)."""
+
+    def __init__(self, lst, shuffle=True, seed=None):
+        super().__init__(lst, shuffle=shuffle)
+        self._seed = seed
+
+    def reset_state(self):
+        super().reset_state()
+        if self._seed is not None:
+            self.rng = np.random.RandomState(self._seed)
+
+
+# A map function running in a worker returns {WORKER_FAILURE_KEY: traceback text} instead of raising.
+WORKER_FAILURE_KEY = '__data_worker_failure__'
+
+
+class SpawnMultiProcessMapData(MultiProcessMapDataZMQ):
+    """tensorpack's MultiProcessMapData whose workers are started with 'spawn', never 'fork'.
+
+    Spawned workers start from a fresh interpreter: `map_func` must be picklable and carry
+    everything it needs. If it has `for_worker(index)`, worker `index` runs that copy instead
+    (e.g. to get its own random stream). A datapoint {WORKER_FAILURE_KEY: text} coming back
+    from a worker is raised here as RuntimeError, where tensorpack would leave the parent
+    waiting forever for a worker that died of an exception.
+    """
+
+    def _create_worker(self, id, pipename, hwm):
+        map_func = self.map_func
+        if hasattr(map_func, 'for_worker'):
+            map_func = map_func.for_worker(int(id))
+        return _SpawnedMapWorker(id, map_func, pipename, hwm)
+
+    def __iter__(self):
+        for datapoint in super().__iter__():
+            if isinstance(datapoint, dict) and WORKER_FAILURE_KEY in datapoint:
+                raise RuntimeError("A data worker failed:\n" + datapoint[WORKER_FAILURE_KEY])
+            yield datapoint
+
+    def close(self):
+        """Stop the workers now (they are also stopped when this object is collected, or at exit)."""
+        for proc in getattr(self, '_procs', []):
+            proc.terminate()
+            proc.join(5)
+
+
+class _SpawnedMapWorker(MultiProcessMapDataZMQ._Worker):
+    """tensorpack's map worker process, started with the 'spawn' method whatever the default is."""
+
+    _start_method = 'spawn'
+
+    @staticmethod
+    def _Popen(process_obj):
+        return multiprocessing.get_context('spawn').Process._Popen(process_obj)
+
+    @staticmethod
+    def _after_fork():
+        pass

@@ -1,0 +1,260 @@
+"""Splits stored in COCO's json format: COCO itself and any dataset written the same way.
+
+Classes are the json's categories sorted by id and numbered 1..K ('BG' is 0), so COCO's
+80 categories (ids 1..90 with gaps) come out in the usual order. Results are written back
+with the json's own category and image ids.
+
+Shape shorthand: N instances in one image, P points in one polygon, K categories.
+"""
+import collections
+import json
+import os
+
+import numpy as np
+
+import utils.tf_compat  # noqa: F401  (configures TensorFlow before tensorpack imports it)
+from tensorpack.utils import logger
+from tensorpack.utils.utils import get_tqdm
+
+from dataset.coco_eval import clean_result, coco_from_dict, evaluate_coco
+from dataset.dataset import DatasetRegistry, DatasetSplit
+
+__all__ = ['COCOFormatSplit', 'COCODetection', 'register_coco']
+
+# COCO splits whose images live in a directory of another name.
+_COCO_IMAGE_DIRS = {
+    'valminusminival2014': 'val2014',
+    'minival2014': 'val2014',
+    'val2017_100': 'val2017',
+}
+COCO_SPLITS = ('train2017', 'val2017', 'train2014', 'val2014', 'minival2014', 'valminusminival2014',
+               'val2017_100')
+
+
+def _read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def sorted_categories(dataset, json_path):
+    """The category dicts of a parsed COCO json sorted by id; class k (1..K) is item k - 1."""
+    categories = sorted(dataset.get('categories', []), key=lambda c: c['id'])
+    ids = [c['id'] for c in categories]
+    if not ids:
+        raise ValueError("{} has no 'categories'; a COCO-format json must list its categories "
+                         "as {{'id': int, 'name': str}}.".format(json_path))
+    if len(set(ids)) != len(ids):
+        raise ValueError("{} has duplicate category ids: {}".format(json_path, ids))
+    return categories
+
+
+class _DropCounter(collections.Counter):
+    _MESSAGES = {
+        'empty_box': "boxes that are empty or outside their image",
+        'tiny_area': "instances with area <= 1 px",
+        'ignored': "instances marked 'ignore'",
+        'bad_polygon': "polygons with fewer than 3 points",
+        'no_polygon': "instances without a valid polygon",
+        'unknown_image': "annotations of images not listed in 'images'",
+    }
+
+    def summary(self):
+        parts = ['{} {}'.format(self[key], text) for key, text in self._MESSAGES.items() if self[key]]
+        return '; dropped ' + ', '.join(parts) if parts else ''
+
+
+class COCOFormatSplit(DatasetSplit):
+    """A split given by a COCO-format json and the directory its `file_name`s are relative to.
+
+    Args:
+        json_path: the annotation json (images, annotations, categories).
+        image_dir: directory of the images.
+        name: name used in log messages (defaults to the json's file name).
+        prepare: optional zero-argument callable run before the json is first read, e.g. to
+            create the data on demand.
+
+    Bad input, checked when roidbs are loaded: a missing json or image file raises
+    FileNotFoundError, a category id missing from 'categories' raises ValueError. Boxes that
+    are empty after clipping to the image (or have area <= 1), polygons with < 3 points and,
+    when the json has masks, non-crowd instances left without a polygon are dropped and
+    counted in one log line.
+    """
+
+    def __init__(self, json_path, image_dir, name=None, prepare=None):
+        self.json_path = os.path.abspath(os.path.expanduser(json_path))
+        self.image_dir = os.path.abspath(os.path.expanduser(image_dir))
+        self.name = name or os.path.basename(self.json_path)
+        self._prepare = prepare
+        self._categories = None
+
+    def _load_json(self):
+        if self._prepare is not None:
+            self._prepare()
+            self._prepare = None
+        if not os.path.isfile(self.json_path):
+            raise FileNotFoundError(
+                "Annotation file {} of dataset '{}' does not exist. Expected a COCO-format layout: "
+                "BASEDIR/annotations/instances_<split>.json with the images in BASEDIR/<split>/ "
+                "(set DATA.BASEDIR to BASEDIR).".format(self.json_path, self.name))
+        logger.info("Loading annotations of '{}' from {} ...".format(self.name, self.json_path))
+        dataset = _read_json(self.json_path)
+        self._categories = sorted_categories(dataset, self.json_path)
+        return dataset
+
+    def category_ids(self):
+        """list[int]: the json's category ids; class k (1..K) has id `category_ids()[k - 1]`."""
+        if self._categories is None:
+            self._load_json()
+        return [c['id'] for c in self._categories]
+
+    def class_names(self):
+        """list[str]: ['BG'] followed by the category names in class order (1..K)."""
+        if self._categories is None:
+            self._load_json()
+        return ['BG'] + [c['name'] for c in self._categories]
+
+    def training_roidbs(self):
+        return self._load_roidbs(add_gt=True)
+
+    def inference_roidbs(self):
+        return self._load_roidbs(add_gt=False)
+
+    def _load_roidbs(self, add_gt):
+        dataset = self._load_json()
+        images = sorted(dataset.get('images', []), key=lambda img: img['id'])
+        roidbs = [self._image_entry(img) for img in images]
+        self._check_files_exist(roidbs)
+        if not add_gt:
+            return roidbs
+
+        known = {roidb['image_id'] for roidb in roidbs}
+        drops = _DropCounter()
+        annotations_by_image = collections.defaultdict(list)
+        for ann in dataset.get('annotations', []):
+            if ann['image_id'] in known:
+                annotations_by_image[ann['image_id']].append(ann)
+            else:
+                drops['unknown_image'] += 1
+        # Masks are loaded when the json has any polygon; box-only jsons give box-only roidbs.
+        has_masks = any(isinstance(ann.get('segmentation'), list) and ann['segmentation']
+                        for anns in annotations_by_image.values() for ann in anns)
+        class_of_id = {category_id: k + 1 for k, category_id in enumerate(self.category_ids())}
+        num_instances = 0
+        for roidb in get_tqdm(roidbs, desc='Reading ' + self.name, disable=len(roidbs) < 1000):
+            self._add_instances(roidb, annotations_by_image[roidb['image_id']], class_of_id, has_masks, drops)
+            num_instances += len(roidb['class'])
+        logger.info("Loaded {} images and {} instances of '{}'{}.".format(
+            len(roidbs), num_instances, self.name, drops.summary()))
+        return roidbs
+
+    def _image_entry(self, img):
+        for key in ('id', 'file_name', 'height', 'width'):
+            if key not in img:
+                raise ValueError("An image in {} has no '{}': {!r}".format(self.json_path, key, img))
+        return {'file_name': os.path.join(self.image_dir, img['file_name']), 'image_id': img['id'],
+                'height': int(img['height']), 'width': int(img['width'])}
+
+    def _check_files_exist(self, roidbs):
+        missing = [r['file_name'] for r in roidbs if not os.path.isfile(r['file_name'])]
+        if missing:
+            raise FileNotFoundError(
+                "{} of the {} images listed in {} are missing, e.g. {}. The images of dataset '{}' must be "
+                "in {}/.".format(len(missing), len(roidbs), self.json_path, missing[0], self.name, self.image_dir))
+
+    def _add_instances(self, roidb, annotations, class_of_id, has_masks, drops):
+        """Fill boxes / class / is_crowd (/ segmentation) of one image, dropping unusable instances."""
+        height, width = roidb['height'], roidb['width']
+        boxes, classes, crowds, segmentations = [], [], [], []
+        for ann in annotations:
+            if ann.get('ignore', 0) == 1:
+                drops['ignored'] += 1
+                continue
+            if ann['category_id'] not in class_of_id:
+                raise ValueError(
+                    "Annotation {} of image {} ({}) has category_id {}, which is not among the categories "
+                    "of {}: {}".format(ann.get('id'), roidb['image_id'], roidb['file_name'], ann['category_id'],
+                                       self.json_path, sorted(class_of_id)))
+            x, y, w, h = (float(v) for v in ann['bbox'])
+            # [x, y, w, h] -> x1y1x2y2 with (0, 0) the top-left corner of the first pixel
+            x1, x2 = min(max(x, 0.), width), min(max(x + w, 0.), width)
+            y1, y2 = min(max(y, 0.), height), min(max(y + h, 0.), height)
+            if x2 <= x1 or y2 <= y1:
+                drops['empty_box'] += 1
+                continue
+            if 'area' in ann and ann['area'] <= 1:
+                drops['tiny_area'] += 1
+                continue
+            is_crowd = int(ann.get('iscrowd', 0))
+            if has_masks:
+                polygons = self._polygons(ann, drops)
+                if polygons is None and not is_crowd:
+                    drops['no_polygon'] += 1
+                    continue
+                segmentations.append(polygons)
+            boxes.append([x1, y1, x2, y2])
+            classes.append(class_of_id[ann['category_id']])
+            crowds.append(is_crowd)
+        roidb['boxes'] = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        roidb['class'] = np.asarray(classes, dtype=np.int32)
+        roidb['is_crowd'] = np.asarray(crowds, dtype=np.int8)
+        if has_masks:
+            roidb['segmentation'] = segmentations
+
+    @staticmethod
+    def _polygons(ann, drops):
+        """The valid polygons of an annotation as float32 [P, 2] arrays, or None if it has none
+        (including RLE segmentations, which only crowd regions may use)."""
+        segmentation = ann.get('segmentation')
+        if not isinstance(segmentation, list):
+            return None
+        polygons = []
+        for flat in segmentation:
+            if len(flat) < 6 or len(flat) % 2 != 0:
+                drops['bad_polygon'] += 1
+                continue
+            polygons.append(np.asarray(flat, dtype=np.float32).reshape(-1, 2))
+        return polygons or None
+
+    def eval_inference_results(self, results, output=None):
+        """See DatasetSplit. Category ids are mapped back to the json's ids before evaluation."""
+        category_ids = self.category_ids()
+        mapped = []
+        for result in results:
+            result = clean_result(result)
+            k = result['category_id']
+            if not 1 <= k <= len(category_ids):
+                raise ValueError("Result category_id {} is out of range: '{}' has classes 1..{}.".format(
+                    k, self.name, len(category_ids)))
+            result['category_id'] = category_ids[k - 1]
+            mapped.append(result)
+        if output is not None:
+            with open(output, 'w') as f:
+                json.dump(mapped, f)
+            logger.info("{} results of '{}' written to {}.".format(len(mapped), self.name, output))
+        return evaluate_coco(coco_from_dict(self._load_json()), mapped)
+
+
+class COCODetection(COCOFormatSplit):
+    """A split in COCO's directory layout.
+
+        basedir/annotations/instances_{split}.json
+        basedir/{split}/*.jpg   (val2014 for minival2014 / valminusminival2014)
+    """
+
+    def __init__(self, basedir, split):
+        basedir = os.path.expanduser(basedir)
+        super().__init__(os.path.join(basedir, 'annotations', 'instances_{}.json'.format(split)),
+                         os.path.join(basedir, _COCO_IMAGE_DIRS.get(split, split)), name='coco_' + split)
+
+
+def register_coco(basedir):
+    """Register coco_train2017, coco_val2017, coco_train2014, coco_val2014, coco_minival2014,
+    coco_valminusminival2014 (and coco_val2017_100) under `basedir`, without reading any file.
+
+    Their 'class_names' metadata is read from the split's json when first asked for.
+    """
+    for split in COCO_SPLITS:
+        name = 'coco_' + split
+        DatasetRegistry.register(name, lambda split=split: COCODetection(basedir, split))
+        DatasetRegistry.register_lazy_metadata(
+            name, 'class_names', lambda split=split: COCODetection(basedir, split).class_names())

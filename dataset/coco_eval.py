@@ -1,0 +1,166 @@
+"""COCO-style evaluation shared by every split: pycocotools' COCOeval behind one function.
+
+A split hands over its ground truth as a pycocotools `COCO` object (from its own json, or
+built in memory from roidbs by `coco_gt_from_roidbs`) and results already mapped to that
+object's image and category ids.
+
+Result dicts (one per detected instance): image_id, category_id, bbox [x, y, w, h] in
+pixels of the original image, score, optional segmentation (COCO RLE with str counts).
+"""
+import contextlib
+import io
+
+import numpy as np
+
+import utils.tf_compat  # noqa: F401  (configures TensorFlow before tensorpack imports it)
+from tensorpack.utils import logger
+
+__all__ = ['METRIC_FIELDS', 'coco_from_dict', 'coco_gt_from_roidbs', 'clean_result', 'evaluate_coco']
+
+# The first six numbers of COCOeval.stats: AP averaged over IoU 0.5:0.95, AP at 0.5 and 0.75,
+# and AP over 0.5:0.95 for small / medium / large objects. Keys are 'mAP(bbox)/IoU=0.5' etc.
+METRIC_FIELDS = ('IoU=0.5:0.95', 'IoU=0.5', 'IoU=0.75', 'small', 'medium', 'large')
+
+
+def _quiet_call(func, *args):
+    """Run a pycocotools call, sending what it prints to the log instead of stdout."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        ret = func(*args)
+    return ret, buffer.getvalue()
+
+
+def coco_from_dict(dataset):
+    """A pycocotools `COCO` built from an already parsed COCO-format dict (no file access).
+
+    Fills the fields COCOeval needs but hand-written jsons may lack: `iscrowd` (0) and
+    `area` (box area). Mutates `dataset`.
+    """
+    from pycocotools.coco import COCO
+    for ann in dataset.get('annotations', []):
+        ann.setdefault('iscrowd', 0)
+        if 'area' not in ann:
+            ann['area'] = float(ann['bbox'][2]) * float(ann['bbox'][3])
+    dataset.setdefault('annotations', [])
+    coco = COCO()
+    coco.dataset = dataset
+    _quiet_call(coco.createIndex)
+    return coco
+
+
+def _polygons_area(polygons, height, width):
+    from pycocotools import mask as mask_util
+    flat = [np.asarray(p, dtype=np.float64).ravel().tolist() for p in polygons]
+    rle = mask_util.merge(mask_util.frPyObjects(flat, height, width))
+    return float(mask_util.area(rle))
+
+
+def coco_gt_from_roidbs(roidbs, class_names):
+    """Ground truth of a split as a pycocotools `COCO` object, built from its roidbs.
+
+    Args:
+        roidbs: training roidbs (schema in dataset.dataset.DatasetSplit), with height/width.
+        class_names: ['BG', name_1, ..., name_K]; category k of the result is class k.
+
+    Returns:
+        (coco, image_id_map): `image_id_map` maps each roidb's `image_id` (any hashable) to
+        the int id used inside `coco`.
+    """
+    images, annotations, image_id_map = [], [], {}
+    for roidb in roidbs:
+        if roidb['image_id'] in image_id_map:
+            raise ValueError("Image id {!r} ({}) occurs twice in the roidbs.".format(
+                roidb['image_id'], roidb['file_name']))
+        coco_image_id = len(images) + 1
+        image_id_map[roidb['image_id']] = coco_image_id
+        height, width = int(roidb['height']), int(roidb['width'])
+        images.append({'id': coco_image_id, 'file_name': roidb['file_name'], 'height': height, 'width': width})
+        segmentation = roidb.get('segmentation')
+        for i, (box, cls, crowd) in enumerate(zip(roidb['boxes'], roidb['class'], roidb['is_crowd'])):
+            x1, y1, x2, y2 = (float(v) for v in box)
+            ann = {'id': len(annotations) + 1, 'image_id': coco_image_id, 'category_id': int(cls),
+                   'bbox': [x1, y1, x2 - x1, y2 - y1], 'iscrowd': int(crowd), 'area': (x2 - x1) * (y2 - y1)}
+            polygons = segmentation[i] if segmentation is not None else None
+            if polygons:
+                ann['segmentation'] = [np.asarray(p, dtype=np.float64).ravel().tolist() for p in polygons]
+                ann['area'] = _polygons_area(polygons, height, width)
+            else:
+                # no polygon (box-only data, or an RLE-only crowd region): the box is its mask
+                ann['segmentation'] = [[x1, y1, x2, y1, x2, y2, x1, y2]]
+            annotations.append(ann)
+    categories = [{'id': k, 'name': name} for k, name in enumerate(class_names) if k > 0]
+    coco = coco_from_dict({'images': images, 'annotations': annotations, 'categories': categories})
+    return coco, image_id_map
+
+
+def clean_result(result):
+    """A json-serializable copy of one result dict, with numpy scalars turned into Python ones.
+
+    Raises KeyError naming a missing key and ValueError for a bbox that is not [x, y, w, h].
+    """
+    for key in ('image_id', 'category_id', 'bbox', 'score'):
+        if key not in result:
+            raise KeyError("Result {!r} has no '{}'; each result needs image_id, category_id, "
+                           "bbox [x, y, w, h] and score.".format(result, key))
+    bbox = [round(float(v), 3) for v in np.asarray(result['bbox']).ravel()]
+    if len(bbox) != 4:
+        raise ValueError("Result bbox must be [x, y, w, h], got {!r}".format(result['bbox']))
+    image_id = result['image_id']
+    if isinstance(image_id, np.generic):
+        image_id = image_id.item()
+    ret = {'image_id': image_id, 'category_id': int(result['category_id']), 'bbox': bbox,
+           'score': round(float(result['score']), 5)}
+    if result.get('segmentation') is not None:
+        rle = dict(result['segmentation'])
+        if isinstance(rle.get('counts'), bytes):
+            rle['counts'] = rle['counts'].decode('ascii')
+        rle['size'] = [int(v) for v in rle['size']]
+        ret['segmentation'] = rle
+    return ret
+
+
+def _zero_metrics(iou_types):
+    return {'mAP({})/{}'.format(t, f): 0.0 for t in iou_types for f in METRIC_FIELDS}
+
+
+def evaluate_coco(coco_gt, results):
+    """COCO AP of `results` against `coco_gt`.
+
+    Args:
+        coco_gt: pycocotools COCO with the ground truth.
+        results: list of result dicts (see `clean_result`) in `coco_gt`'s image and category ids.
+
+    Returns:
+        dict: 'mAP(bbox)/<field>' for each of METRIC_FIELDS, and 'mAP(segm)/<field>' when any
+        result has a segmentation. Values in [0, 1]; pycocotools reports -1 for an area range
+        without ground truth. Empty `results` give all-zero bbox metrics and a warning.
+    """
+    from pycocotools.cocoeval import COCOeval
+    if len(results) == 0:
+        logger.warn("No detections to evaluate; reporting 0 for every metric.")
+        return _zero_metrics(['bbox'])
+
+    known_images = set(coco_gt.getImgIds())
+    unknown = sorted({r['image_id'] for r in results if r['image_id'] not in known_images}, key=str)
+    if unknown:
+        raise ValueError("Results refer to {} image ids that are not in the ground truth, e.g. {}.".format(
+            len(unknown), unknown[:5]))
+
+    iou_types = ['bbox']
+    if any('segmentation' in r for r in results):
+        if all('segmentation' in ann for ann in coco_gt.dataset['annotations']):
+            iou_types.append('segm')
+        else:
+            logger.warn("Results have masks but the ground truth has none; evaluating boxes only.")
+    # loadRes adds fields to the dicts it gets, so hand it copies
+    coco_dt, _ = _quiet_call(coco_gt.loadRes, [dict(r) for r in results])
+    metrics = {}
+    for iou_type in iou_types:
+        coco_eval = COCOeval(coco_gt, coco_dt, iou_type)
+        _quiet_call(coco_eval.evaluate)
+        _quiet_call(coco_eval.accumulate)
+        _, summary = _quiet_call(coco_eval.summarize)
+        logger.info("COCO evaluation ({}):\n{}".format(iou_type, summary.rstrip()))
+        for k, field in enumerate(METRIC_FIELDS):
+            metrics['mAP({})/{}'.format(iou_type, field)] = float(coco_eval.stats[k])
+    return metrics

@@ -1,0 +1,117 @@
+"""Cascade R-CNN: a chain of class-agnostic box heads, each refining the previous stage's boxes.
+
+Shape shorthand:
+    N  rois entering the first stage (later stages may see fewer in training, see below),
+    M  ground-truth boxes, K categories, C = K + 1 classes including background.
+Boxes are float32 x1y1x2y2 in pixels of the resized image.
+"""
+from utils.tf_compat import tf
+
+from .model_box import area, clip_boxes, pairwise_iou
+from .model_frcnn import BoxProposals, FastRCNNHead, fastrcnn_outputs
+
+
+def _scaled_gradient(scale):
+    """Identity whose gradient is multiplied by `scale`."""
+    @tf.custom_gradient
+    def identity(x):
+        return tf.identity(x), lambda dy: dy * scale
+    return identity
+
+
+class CascadeRCNNHead:
+    """Runs the stages `cascade_rcnn_stage{1,2,...}` (variables head/..., outputs/{class,box}).
+
+    Args:
+        proposals: BoxProposals for stage 1 (sampled, with labels, in training).
+        roi_func: boxes float32 [R, 4] -> pooled ROI features of those boxes.
+        box_head_func: (scope, roi_features) -> float32 [R, D], the FPN box head.
+        gt_boxes: float32 [M, 4]; gt_labels: int64 [M] (training only; may be None at inference).
+        image_shape_hw: int32 [2], to clip the refined boxes.
+        num_categories: K.
+        ious: foreground IoU of each stage (stage 1's rois were sampled with ious[0] already).
+        bbox_reg_weights: one 4-float box-target weight per stage.
+        decode_clip: cap on the decoded log-scale deltas, as in decode_bbox_target.
+        training: build the training (losses, re-matching) or the inference graph.
+    """
+
+    def __init__(self, proposals, roi_func, box_head_func, gt_boxes, gt_labels, image_shape_hw,
+                 num_categories, *, ious, bbox_reg_weights, decode_clip, training):
+        if len(ious) != len(bbox_reg_weights):
+            raise ValueError('Cascade needs one IoU and one bbox weight per stage, got {} and {}'
+                             .format(len(ious), len(bbox_reg_weights)))
+        self.roi_func = roi_func
+        self.box_head_func = box_head_func
+        self.gt_boxes = gt_boxes
+        self.gt_labels = gt_labels
+        self.image_shape_hw = image_shape_hw
+        self.num_categories = num_categories
+        self.bbox_reg_weights = bbox_reg_weights
+        self.decode_clip = decode_clip
+        self.training = training
+        self.num_stages = len(ious)
+        # The stages share the backbone features; each passes back 1/num_stages of its gradient
+        # so the backbone sees the average of the stages (as in the paper's implementation).
+        self._scale_gradient = _scaled_gradient(1.0 / self.num_stages) if training else tf.identity
+
+        self._heads = []
+        self._stage_boxes = []
+        stage_proposals = proposals
+        for stage in range(self.num_stages):
+            with tf.variable_scope('cascade_rcnn_stage{}'.format(stage + 1)):
+                if stage > 0:
+                    stage_proposals = self._match_boxes_with_gt(self._stage_boxes[-1], ious[stage])
+                head, refined_boxes = self._run_stage(stage_proposals, stage)
+            self._heads.append(head)
+            self._stage_boxes.append(refined_boxes)
+
+    def _run_stage(self, proposals, stage):
+        """-> (FastRCNNHead, refined boxes float32 [R', 4] without gradient)."""
+        roi_features = self._scale_gradient(self.roi_func(proposals.boxes))
+        head_feature = self.box_head_func('head', roi_features)
+        label_logits, box_logits = fastrcnn_outputs(
+            'outputs', head_feature, self.num_categories, class_agnostic_regression=True)
+        head = FastRCNNHead(proposals, box_logits, label_logits, self.gt_boxes,
+                            self.bbox_reg_weights[stage], self.decode_clip)
+        refined_boxes = clip_boxes(head.decoded_output_boxes_class_agnostic(), self.image_shape_hw)
+        if self.training:
+            # Degenerate boxes carry no signal for the next stage's targets.
+            refined_boxes = tf.boolean_mask(refined_boxes, area(refined_boxes) > 0)
+        return head, tf.stop_gradient(refined_boxes, name='output_boxes')
+
+    def _match_boxes_with_gt(self, boxes, iou_threshold):
+        """Training: label each box with its best gt when IoU >= iou_threshold (no sampling)."""
+        if not self.training:
+            return BoxProposals(boxes)
+        with tf.name_scope('match_box_with_gt_{}'.format(iou_threshold)):
+            iou = pairwise_iou(boxes, self.gt_boxes)  # [R, M]
+            has_gt = tf.shape(iou)[1] > 0
+            num_boxes = tf.shape(iou)[0]
+            best_iou = tf.cond(has_gt, lambda: tf.reduce_max(iou, axis=1), lambda: tf.zeros([num_boxes]))
+            best_gt = tf.cond(has_gt, lambda: tf.argmax(iou, axis=1),
+                              lambda: tf.zeros([num_boxes], dtype=tf.int64))
+            fg_mask = best_iou >= iou_threshold
+            # A trailing background label keeps the gather valid when there is no gt at all.
+            padded_gt_labels = tf.concat([self.gt_labels, tf.zeros([1], tf.int64)], axis=0)
+            labels = tf.gather(padded_gt_labels, best_gt) * tf.cast(fg_mask, tf.int64)
+            fg_inds_wrt_gt = tf.boolean_mask(best_gt, fg_mask)
+            return BoxProposals(boxes, tf.stop_gradient(labels), tf.stop_gradient(fg_inds_wrt_gt))
+
+    def losses(self):
+        """[label_loss, box_loss] of every stage, stage 1 first."""
+        losses = []
+        for stage, head in enumerate(self._heads):
+            with tf.name_scope('cascade_loss_stage{}'.format(stage + 1)):
+                losses.extend(head.losses())
+        return losses
+
+    def decoded_output_boxes(self):
+        """float32 [N, K + 1, 4]: the last stage's boxes, the same for every class."""
+        boxes = tf.expand_dims(self._stage_boxes[-1], 1)
+        return tf.tile(boxes, [1, self.num_categories + 1, 1])
+
+    def output_scores(self, name=None):
+        """float32 [N, K + 1]: the stages' softmax scores, averaged."""
+        scores = [head.output_scores('cascade_scores_stage{}'.format(stage + 1))
+                  for stage, head in enumerate(self._heads)]
+        return tf.multiply(tf.add_n(scores), 1.0 / self.num_stages, name=name)

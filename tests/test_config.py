@@ -1,0 +1,210 @@
+"""config.py: declarations, command-line overrides, derived values."""
+import pytest
+
+import config as config_module
+from config import config as cfg, finalize_configs, reset_config
+
+
+@pytest.fixture
+def registered_split():
+    """Two splits with the same three classes and one with other classes."""
+    from dataset import DatasetRegistry
+    names = ['BG', 'circle', 'square', 'triangle']
+    for split in ('cfgtest_train', 'cfgtest_val'):
+        DatasetRegistry.register(split, lambda: None)
+        DatasetRegistry.register_metadata(split, 'class_names', names)
+    DatasetRegistry.register('cfgtest_other', lambda: None)
+    DatasetRegistry.register_metadata('cfgtest_other', 'class_names', ['BG', 'cat'])
+    cfg.update_args(["DATA.TRAIN=('cfgtest_train',)", "DATA.VAL=('cfgtest_val',)"])
+    return names
+
+
+def test_defaults_match_the_example():
+    assert cfg.TRAINER == 'replicated'
+    assert cfg.MODE_MASK is True and cfg.MODE_FPN is True
+    assert cfg.BACKBONE.RESNET_NUM_BLOCKS == [3, 4, 6, 3]
+    assert cfg.BACKBONE.NORM == 'FreezeBN' and cfg.BACKBONE.FREEZE_AT == 2
+    assert cfg.TRAIN.BASE_LR == 1e-2 and cfg.TRAIN.WARMUP == 1000
+    assert cfg.TRAIN.LR_SCHEDULE == '1x'
+    assert cfg.PREPROC.TRAIN_SHORT_EDGE_SIZE == [800, 800] and cfg.PREPROC.MAX_SIZE == 1333
+    assert cfg.RPN.ANCHOR_SIZES == (32, 64, 128, 256, 512)
+    assert cfg.FRCNN.BBOX_REG_WEIGHTS == [10., 10., 5., 5.]
+    assert cfg.FPN.ANCHOR_STRIDES == (4, 8, 16, 32, 64)
+    assert cfg.CASCADE.IOUS == [0.5, 0.6, 0.7]
+    assert cfg.TEST.RESULTS_PER_IM == 100
+
+
+def test_every_key_has_a_description():
+    rows = config_module.describe_config()
+    assert len(rows) > 60
+    assert all(doc.strip() for _, _, doc in rows)
+
+
+def test_override_parses_literals():
+    cfg.update_args(['MODE_FPN=False', 'TRAIN.BASE_LR=0.02', 'BACKBONE.RESNET_NUM_BLOCKS=[2,2,2,2]',
+                     'TRAIN.LR_SCHEDULE=[100,200,300]', 'TRAIN.NUM_GPUS=1'])
+    assert cfg.MODE_FPN is False
+    assert cfg.TRAIN.BASE_LR == 0.02
+    assert cfg.BACKBONE.RESNET_NUM_BLOCKS == [2, 2, 2, 2]
+    assert cfg.TRAIN.LR_SCHEDULE == [100, 200, 300]
+    assert cfg.TRAIN.NUM_GPUS == 1
+
+
+def test_string_keys_keep_text():
+    cfg.update_args(['DATA.BASEDIR=/tmp/some dir', 'BACKBONE.WEIGHTS=', 'TRAIN.LR_SCHEDULE=3x',
+                     "FPN.NORM='GN'", 'DATA.VAL=shapes_val'])
+    assert cfg.DATA.BASEDIR == '/tmp/some dir'
+    assert cfg.BACKBONE.WEIGHTS == ''
+    assert cfg.TRAIN.LR_SCHEDULE == '3x'
+    assert cfg.FPN.NORM == 'GN'
+    assert cfg.DATA.VAL == 'shapes_val'
+
+
+def test_int_for_float_and_list_for_tuple():
+    cfg.update_args(['TRAIN.BASE_LR=1', 'RPN.ANCHOR_SIZES=[16, 32]', 'PREPROC.PIXEL_MEAN=(1, 2, 3)'])
+    assert cfg.TRAIN.BASE_LR == 1.0 and isinstance(cfg.TRAIN.BASE_LR, float)
+    assert cfg.RPN.ANCHOR_SIZES == (16, 32)
+    assert cfg.PREPROC.PIXEL_MEAN == [1, 2, 3]
+
+
+@pytest.mark.parametrize('override', [
+    'TRAIN.STEPS_PER_EPOCH=1.5',       # float for int
+    'MODE_MASK=1',                     # int for bool
+    'TRAIN.WARMUP=True',               # bool for int
+    'TRAIN.BASE_LR=fast',              # not a literal, key takes no string
+    'BACKBONE.RESNET_NUM_BLOCKS=3',    # scalar for list
+    'TRAIN.NUM_GPUS=two',
+])
+def test_type_errors_name_the_key(override):
+    with pytest.raises(ValueError, match=override.split('=')[0].replace('.', r'\.')):
+        cfg.update_args([override])
+
+
+def test_unknown_key_suggests_close_matches():
+    with pytest.raises(KeyError, match='TRAIN.BASE_LR'):
+        cfg.update_args(['TRAIN.BASE_RL=0.1'])
+    with pytest.raises(KeyError, match='Unknown config key'):
+        cfg.update_args(['NOPE.NOTHING=1'])
+
+
+def test_derived_key_cannot_be_set():
+    with pytest.raises(KeyError, match='derived'):
+        cfg.update_args(['RPN.NUM_ANCHOR=3'])
+
+
+def test_failed_update_applies_nothing():
+    with pytest.raises(KeyError):
+        cfg.update_args(['TRAIN.BASE_LR=0.5', 'TRAIN.NOT_A_KEY=1'])
+    assert cfg.TRAIN.BASE_LR == 1e-2
+
+
+def test_override_without_equals_sign():
+    with pytest.raises(ValueError, match='KEY=VALUE'):
+        cfg.update_args(['MODE_FPN'])
+
+
+def test_frozen_config_rejects_new_attributes():
+    with pytest.raises(AttributeError):
+        cfg.TRAIN.NEW_THING = 3
+    with pytest.raises(AttributeError):
+        cfg.TRAIN.NEW_THING  # noqa: B018
+
+
+def test_reset_restores_defaults():
+    cfg.update_args(['TRAIN.BASE_LR=0.5', 'BACKBONE.RESNET_NUM_BLOCKS=[1,1,1,1]'])
+    reset_config()
+    assert cfg.TRAIN.BASE_LR == 1e-2
+    assert cfg.BACKBONE.RESNET_NUM_BLOCKS == [3, 4, 6, 3]
+
+
+def test_config_pickles():
+    import pickle
+    copy = pickle.loads(pickle.dumps(cfg))
+    assert copy.TRAIN.BASE_LR == cfg.TRAIN.BASE_LR
+    assert copy.to_dict() == cfg.to_dict()
+
+
+@pytest.mark.parametrize('schedule, expected', [
+    ('1x', [120000, 160000, 180000]),
+    ('2x', [240000, 320000, 360000]),
+    ('3x', [420000, 500000, 540000]),
+    ('9x', [1500000, 1580000, 1620000]),
+    ([10, 20, 30], [10, 20, 30]),
+])
+def test_lr_schedule_expansion(schedule, expected):
+    assert config_module._expand_lr_schedule(schedule) == expected
+
+
+@pytest.mark.parametrize('schedule', ['x', '0x', 'fast', [30, 20, 10], []])
+def test_bad_lr_schedule(schedule):
+    with pytest.raises(ValueError, match='LR_SCHEDULE'):
+        config_module._expand_lr_schedule(schedule)
+
+
+def test_finalize_derives_values(registered_split):
+    cfg.update_args(['PREPROC.MAX_SIZE=1000', 'TRAIN.LR_SCHEDULE=2x'])
+    finalize_configs(is_training=False)
+    assert cfg.DATA.CLASS_NAMES == registered_split
+    assert cfg.DATA.NUM_CATEGORY == 3
+    assert cfg.RPN.NUM_ANCHOR == 15
+    assert cfg.FPN.RESOLUTION_REQUIREMENT == 32
+    assert cfg.PREPROC.MAX_SIZE == 1024     # rounded up to a multiple of 32
+    assert cfg.TRAIN.LR_SCHEDULE == [240000, 320000, 360000]
+    assert cfg.DATA.TRAIN == ('cfgtest_train',)
+    assert cfg.BACKBONE.DATA_FORMAT == 'NHWC'   # no GPU in the test environment
+
+
+def test_finalize_on_cpu_counts_zero_gpus_and_accumulates(registered_split):
+    finalize_configs(is_training=True)
+    assert cfg.TRAIN.NUM_GPUS == 0
+    assert cfg.TRAIN.ACCUMULATE_STEPS == 8     # one tower sums 8 steps, like 8 GPUs
+    assert config_module.num_towers() == 1
+
+
+def test_finalize_keeps_explicit_accumulation(registered_split):
+    cfg.update_args(['TRAIN.ACCUMULATE_STEPS=1'])
+    finalize_configs(is_training=True)
+    assert cfg.TRAIN.ACCUMULATE_STEPS == 1
+
+
+def test_finalize_rejects_more_gpus_than_visible(registered_split):
+    cfg.update_args(['TRAIN.NUM_GPUS=4'])
+    with pytest.raises(ValueError, match='NUM_GPUS=4'):
+        finalize_configs(is_training=True)
+
+
+def test_finalize_rejects_mismatched_classes(registered_split):
+    cfg.update_args(["DATA.VAL=('cfgtest_other',)"])
+    with pytest.raises(ValueError, match='cfgtest_other'):
+        finalize_configs(is_training=False)
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (['BACKBONE.NORM=BN'], 'BACKBONE.NORM'),
+    (['BACKBONE.FREEZE_AT=3'], 'FREEZE_AT'),
+    (['BACKBONE.NORM=GN', 'BACKBONE.FREEZE_AFFINE=True'], 'FREEZE_AFFINE'),
+    (['FPN.PROPOSAL_MODE=Both'], 'PROPOSAL_MODE'),
+    (['TRAINER=mirrored'], 'TRAINER'),
+    (['FPN.CASCADE=True', 'CASCADE.IOUS=[0.4, 0.6, 0.7]'], 'CASCADE.IOUS'),
+    (['FPN.CASCADE=True', 'MODE_FPN=False'], 'CASCADE'),
+    (['FPN.ANCHOR_STRIDES=(4, 8, 16, 32)'], 'ANCHOR_STRIDES'),
+    (['PREPROC.TRAIN_SHORT_EDGE_SIZE=[800, 600]'], 'TRAIN_SHORT_EDGE_SIZE'),
+    (['BACKBONE.DATA_FORMAT=channels_last'], 'DATA_FORMAT'),
+    (['TRAIN.ACCUMULATE_STEPS=0'], 'ACCUMULATE_STEPS'),
+])
+def test_finalize_validation_errors(registered_split, overrides, message):
+    cfg.update_args(overrides)
+    with pytest.raises(ValueError, match=message):
+        finalize_configs(is_training=False)
+
+
+def test_finalize_unknown_split_is_a_key_error():
+    cfg.update_args(["DATA.TRAIN=('no_such_split',)"])
+    with pytest.raises(KeyError, match='no_such_split'):
+        finalize_configs(is_training=False)
+
+
+def test_finalized_config_is_frozen(registered_split):
+    finalize_configs(is_training=False)
+    with pytest.raises(AttributeError):
+        cfg.DATA.SOMETHING_NEW = 1

@@ -1,0 +1,304 @@
+"""The training / evaluation dataflows and the RPN anchor targets of data.py."""
+import signal
+
+import cv2
+import numpy as np
+import pytest
+
+import common
+import data
+from config import config as cfg, finalize_configs, reset_config
+from dataset import DatasetRegistry, DatasetSplit
+from utils import np_box_ops
+from utils import tensor_names as names
+
+PARAMS = data.AnchorLabelParams(batch_per_im=256, fg_ratio=0.5, positive_thresh=0.7, negative_thresh=0.3,
+                                crowd_overlap_thresh=0.7)
+
+
+# anchor targets on hand-made examples -------------------------------------------------------
+GT = np.array([[0, 0, 10, 10], [20, 0, 30, 10]], np.float32)
+CROWD = np.array([[40, 0, 60, 20]], np.float32)
+ANCHORS = np.array([
+    [0, 0, 10, 10],    # a0: IoU 1 with gt0                           -> fg (best for gt0, >= 0.7)
+    [0, 0, 10, 12],    # a1: IoU 100 / 120 = 0.83 with gt0            -> fg (>= 0.7)
+    [22, 0, 32, 10],   # a2: IoU 80 / 120 = 0.67 with gt1, its best   -> fg (best anchor of gt1)
+    [0, 0, 20, 10],    # a3: IoU 100 / 200 = 0.5 with gt0             -> ignored (between 0.3 and 0.7)
+    [42, 2, 52, 12],   # a4: no gt overlap, but inside the crowd box  -> ignored (ioa 1 > 0.7)
+    [60, 60, 70, 70],  # a5: far from everything                      -> bg
+    [5, 20, 15, 30],   # a6: far from everything                      -> bg
+], np.float32)
+EXPECTED_LABELS = [1, 1, 1, -1, -1, 0, 0]
+
+
+def test_anchor_labels_hand_example():
+    labels, matched = data.get_anchor_labels(ANCHORS, GT, CROWD, PARAMS, np.random.default_rng(0))
+    assert labels.dtype == np.int32 and matched.dtype == np.float32
+    assert labels.tolist() == EXPECTED_LABELS
+    np.testing.assert_array_equal(matched[:3], GT[[0, 0, 1]])
+    np.testing.assert_array_equal(matched[3:], np.zeros((4, 4)))
+
+
+def test_gt_overlapping_no_anchor_does_not_make_foreground():
+    # gt2 overlaps no anchor, so every anchor ties at IoU 0 as "its best"; that must not make
+    # the ignored a3 (IoU 0.5 with gt0) foreground.
+    gt = np.concatenate([GT, [[100, 100, 101, 101]]]).astype(np.float32)
+    labels, _ = data.get_anchor_labels(ANCHORS, gt, CROWD, PARAMS, np.random.default_rng(0))
+    assert labels.tolist() == EXPECTED_LABELS
+
+
+def test_anchor_sampling_respects_batch_and_fg_ratio():
+    params = PARAMS._replace(batch_per_im=2, fg_ratio=0.5)
+    labels, matched = data.get_anchor_labels(ANCHORS, GT, CROWD, params, np.random.default_rng(3))
+    # at most 2 * 0.5 = 1 fg kept; bg fill the remaining 2 - 1 = 1; the rest is ignored
+    assert (labels == 1).sum() == 1 and (labels == 0).sum() == 1
+    assert np.all(matched[labels != 1] == 0)
+
+
+def test_no_gt_gives_background_only_and_no_background_is_malformed():
+    labels, matched = data.get_anchor_labels(ANCHORS, GT[:0], CROWD, PARAMS, np.random.default_rng(0))
+    assert labels.tolist() == [0, 0, 0, 0, -1, 0, 0] and not matched.any()   # a4 is under the crowd box
+    with pytest.raises(data.MalformedData, match='background'):
+        data.get_anchor_labels(ANCHORS[:3], GT, CROWD, PARAMS, np.random.default_rng(0))
+
+
+def test_multilevel_targets_ignore_outside_anchors_and_sample_across_levels():
+    grids = np_box_ops.get_all_anchors_fpn((4, 8), (8, 16), (1.,), max_size=32)   # [8,8,1,4], [4,4,1,4]
+    boxes = np.array([[4, 4, 12, 12], [14, 10, 24, 20]], np.float32)   # a gt box and a crowd box
+    params = PARAMS._replace(batch_per_im=6)
+    outputs = data.get_multilevel_rpn_anchor_input((20, 24), boxes, np.array([0, 1]), grids, params,
+                                                   np.random.default_rng(0))
+    assert [(lab.shape, box.shape) for lab, box in outputs] == [((8, 8, 1), (8, 8, 1, 4)), ((4, 4, 1), (4, 4, 1, 4))]
+    all_labels = np.concatenate([lab.ravel() for lab, _ in outputs])
+    all_anchors = np.concatenate([grid.reshape((-1, 4)) for grid in grids])
+    outside = ((all_anchors[:, :2] < 0).any(axis=1) | (all_anchors[:, 2] > 24) | (all_anchors[:, 3] > 20))
+    assert np.all(all_labels[outside] == -1)
+    assert 0 < (all_labels == 1).sum() <= 3 and (all_labels >= 0).sum() == 6
+    for lab, box in outputs:   # fg anchors regress to the non-crowd gt box only
+        assert np.all(box[lab == 1] == boxes[0])
+
+
+# the dataflow on a tiny hand-made split ------------------------------------------------------
+class _ListSplit(DatasetSplit):
+    def __init__(self, roidbs):
+        self.roidbs = roidbs
+
+    def training_roidbs(self):
+        return [dict(r) for r in self.roidbs]
+
+    def inference_roidbs(self):
+        return [{'file_name': r['file_name'], 'image_id': r['image_id']} for r in self.roidbs]
+
+
+def _rect_polygon(box):
+    x1, y1, x2, y2 = box
+    return [np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], np.float32)]
+
+
+def _make_roidb(path, image_id, shape_hw, boxes, classes, is_crowd, mode='color'):
+    image = np.full(shape_hw + (3,), 40, np.uint8)
+    for (x1, y1, x2, y2), crowd in zip(np.asarray(boxes, int).reshape((-1, 4)), is_crowd):
+        if not crowd:   # only training targets are drawn: every bright pixel belongs to a gt box
+            image[y1:y2, x1:x2] = 220
+    if mode == 'gray':
+        image = image[..., 0]
+    elif mode == 'rgba':
+        image = np.concatenate([image, np.full(shape_hw + (1,), 255, np.uint8)], axis=-1)
+    cv2.imwrite(str(path), image)
+    boxes = np.asarray(boxes, np.float32).reshape((-1, 4))
+    return {'file_name': str(path), 'image_id': image_id, 'height': shape_hw[0], 'width': shape_hw[1],
+            'boxes': boxes, 'class': np.asarray(classes, np.int32), 'is_crowd': np.asarray(is_crowd, np.int8),
+            'segmentation': [None if crowd else _rect_polygon(box) for box, crowd in zip(boxes, is_crowd)]}
+
+
+@pytest.fixture
+def tiny_split(tmp_path):
+    """Registers 'tiny_train': color (2 boxes + a crowd box), grayscale, RGBA and an empty image."""
+    roidbs = [
+        _make_roidb(tmp_path / 'color.png', 1, (48, 64), [[4, 4, 20, 24], [30, 10, 60, 40], [0, 30, 10, 46]],
+                    [1, 2, 1], [0, 0, 1]),
+        _make_roidb(tmp_path / 'gray.png', 2, (64, 48), [[10, 10, 30, 50]], [2], [0], mode='gray'),
+        _make_roidb(tmp_path / 'rgba.png', 3, (40, 40), [[5, 5, 35, 25]], [1], [0], mode='rgba'),
+        _make_roidb(tmp_path / 'empty.png', 4, (48, 48), [], [], []),
+    ]
+    DatasetRegistry.register('tiny_train', lambda: _ListSplit(roidbs))
+    DatasetRegistry.register_metadata('tiny_train', 'class_names', ['BG', 'a', 'b'])
+    yield roidbs
+    reset_config()
+
+
+def _configure(*overrides):
+    reset_config()
+    cfg.update_args(["DATA.TRAIN=('tiny_train',)", "DATA.VAL=('tiny_train',)", 'DATA.NUM_WORKERS=0',
+                     'PREPROC.TRAIN_SHORT_EDGE_SIZE=[64,64]', 'PREPROC.MAX_SIZE=128',
+                     'RPN.ANCHOR_SIZES=(8,16,32,64,128)', 'RPN.BATCH_PER_IM=32'] + list(overrides))
+    finalize_configs(is_training=True)
+
+
+def _collect(ds, limit=None):
+    ds.reset_state()
+    out = []
+    for datapoint in ds:
+        out.append(datapoint)
+        if limit is not None and len(out) == limit:
+            break
+    return out
+
+
+def _expected_keys(fpn, mask):
+    if fpn:
+        keys = {names.fpn_anchor_labels(k) for k in names.FPN_LEVELS} | {names.fpn_anchor_boxes(k)
+                                                                          for k in names.FPN_LEVELS}
+    else:
+        keys = {names.C4_ANCHOR_LABELS, names.C4_ANCHOR_BOXES}
+    keys |= {names.IMAGE, names.GT_BOXES, names.GT_LABELS}
+    return keys | {names.GT_MASKS_PACKED} if mask else keys
+
+
+@pytest.mark.parametrize('fpn,mask', [(False, False), (False, True), (True, False), (True, True)])
+def test_train_dataflow_keys_dtypes_shapes(tiny_split, fpn, mask):
+    _configure('MODE_FPN={}'.format(fpn), 'MODE_MASK={}'.format(mask))
+    datapoints = _collect(data.get_train_dataflow())
+    assert len(datapoints) == 3   # the empty image is filtered
+    num_boxes = sorted(len(dp[names.GT_BOXES]) for dp in datapoints)
+    assert num_boxes == [1, 1, 2]   # the crowd box of color.png is not a training target
+    for dp in datapoints:
+        assert set(dp) == _expected_keys(fpn, mask)
+        image = dp[names.IMAGE]
+        height, width = image.shape[:2]
+        assert image.dtype == np.float32 and image.shape[2] == 3 and min(height, width) == 64
+        num = len(dp[names.GT_BOXES])
+        assert dp[names.GT_BOXES].dtype == np.float32 and dp[names.GT_BOXES].shape == (num, 4)
+        assert dp[names.GT_LABELS].dtype == np.int64 and dp[names.GT_LABELS].shape == (num,)
+        if fpn:   # MAX_SIZE 128 (a multiple of 32); strides 4..64; 3 ratios per level
+            for level, stride in zip(names.FPN_LEVELS, (4, 8, 16, 32, 64)):
+                side = 128 // stride
+                assert dp[names.fpn_anchor_labels(level)].shape == (side, side, 3)
+                assert dp[names.fpn_anchor_labels(level)].dtype == np.int32
+                assert dp[names.fpn_anchor_boxes(level)].shape == (side, side, 3, 4)
+                assert dp[names.fpn_anchor_boxes(level)].dtype == np.float32
+            labels = np.concatenate([dp[names.fpn_anchor_labels(k)].ravel() for k in names.FPN_LEVELS])
+        else:     # ceil(128 / 16) = 8 cells; 5 sizes x 3 ratios
+            assert dp[names.C4_ANCHOR_LABELS].shape == (8, 8, 15) and dp[names.C4_ANCHOR_LABELS].dtype == np.int32
+            assert dp[names.C4_ANCHOR_BOXES].shape == (8, 8, 15, 4)
+            assert dp[names.C4_ANCHOR_BOXES].dtype == np.float32
+            labels = dp[names.C4_ANCHOR_LABELS].ravel()
+        assert (labels == 1).sum() > 0 and (labels >= 0).sum() <= 32
+        if mask:
+            packed = dp[names.GT_MASKS_PACKED]
+            assert packed.dtype == np.uint8 and packed.shape == (num, height, (width + 7) // 8)
+            masks = np.unpackbits(packed, axis=-1)[:, :, :width]
+            for box, instance_mask in zip(dp[names.GT_BOXES], masks):   # rectangles: mask fills its box
+                ys, xs = np.where(instance_mask)
+                np.testing.assert_allclose([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], box, atol=1)
+        # the bright drawn rectangles lie under the gt boxes after resize / flip
+        inside = np.zeros((height, width), bool)
+        for x1, y1, x2, y2 in dp[names.GT_BOXES]:
+            inside[int(np.floor(y1)):int(np.ceil(y2)), int(np.floor(x1)):int(np.ceil(x2))] = True
+        assert np.all(inside[image[..., 1] > 200]) and (image[..., 1] > 200).any()
+
+
+def test_filter_empty_annotations_off_keeps_all_negative_images(tiny_split):
+    _configure('DATA.FILTER_EMPTY_ANNOTATIONS=False', 'MODE_FPN=False', 'MODE_MASK=True')
+    datapoints = _collect(data.get_train_dataflow())
+    assert len(datapoints) == 4
+    empty = [dp for dp in datapoints if len(dp[names.GT_BOXES]) == 0]
+    assert len(empty) == 1
+    labels = empty[0][names.C4_ANCHOR_LABELS]
+    assert set(np.unique(labels)) <= {-1, 0} and (labels == 0).sum() == 32
+    assert empty[0][names.GT_MASKS_PACKED].shape == (0, 64, 8)
+    assert empty[0][names.GT_LABELS].dtype == np.int64
+
+
+def test_seed_determinism_with_scale_augmentation(tiny_split):
+    def run(seed):
+        _configure('DATA.SEED={}'.format(seed), 'PREPROC.TRAIN_SHORT_EDGE_SIZE=[40,90]', 'MODE_MASK=True')
+        return _collect(data.get_train_dataflow())
+
+    first, again, other = run(1), run(1), run(2)
+
+    def same(a, b):
+        return len(a) == len(b) and all(set(x) == set(y) and all(np.array_equal(x[k], y[k]) for k in x)
+                                        for x, y in zip(a, b))
+
+    assert same(first, again)
+    assert not same(first, other)
+
+
+def test_corrupt_image_is_skipped_and_counted(tiny_split, tmp_path):
+    corrupt = tmp_path / 'corrupt.jpg'
+    corrupt.write_bytes(b'\xff\xd8 definitely not a jpeg')
+    bad = dict(tiny_split[0], file_name=str(corrupt), image_id=99)
+    DatasetRegistry.register('tiny_train', lambda: _ListSplit(tiny_split + [bad]))
+    _configure()
+    ds = data.get_train_dataflow()
+    assert len(_collect(ds)) == 3
+    assert ds.func.num_skipped == 1 and ds.func.skip_reasons == {'UnreadableImageError': 1}
+
+    mapper = data._mapper_from_config(cfg, rank=0)   # a fresh one: no skips yet
+    mapper.max_consecutive_skips = 2
+    assert mapper(bad) is None
+    with pytest.raises(RuntimeError, match='2 training images in a row'):   # never an endless loop
+        mapper(bad)
+    # in a worker, an unexpected error comes back as a record for the parent to raise
+    worker = mapper.for_worker(0)
+    failure = worker(dict(tiny_split[0], **{'class': np.array([1, 7, 1], np.int32)}))
+    assert 'DATA.NUM_CATEGORY' in failure[common.WORKER_FAILURE_KEY]
+
+
+def test_relative_coordinates_match_absolute(tiny_split):
+    _configure('MODE_MASK=True')
+    absolute = data.get_train_dataflow().func
+    _configure('MODE_MASK=True', 'DATA.ABSOLUTE_COORD=False')
+    relative = data.get_train_dataflow().func
+    roidb = tiny_split[0]
+    scale = np.array([roidb['width'], roidb['height']], np.float32)
+    rel_roidb = dict(roidb, boxes=roidb['boxes'] / np.tile(scale, 2),
+                     segmentation=[None if p is None else [q / scale for q in p] for p in roidb['segmentation']])
+    a, b = absolute(roidb), relative(rel_roidb)   # same seed: same resize and flip
+    np.testing.assert_allclose(a[names.GT_BOXES], b[names.GT_BOXES], atol=1e-3)
+    np.testing.assert_array_equal(a[names.GT_MASKS_PACKED], b[names.GT_MASKS_PACKED])
+
+
+def test_spawned_workers_see_config_overrides(tiny_split):
+    _configure('DATA.NUM_WORKERS=2', 'PREPROC.TRAIN_SHORT_EDGE_SIZE=[40,40]', 'RPN.BATCH_PER_IM=12',
+               'MODE_MASK=True')
+    ds = data.get_train_dataflow()
+    previous = signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError('dataflow hung')))
+    signal.alarm(150)
+    try:
+        datapoints = _collect(ds, limit=6)
+        assert [type(proc._popen).__module__ for proc in ds._procs] == ['multiprocessing.popen_spawn_posix'] * 2
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+        ds.close()
+    for dp in datapoints:
+        assert min(dp[names.IMAGE].shape[:2]) == 40
+        labels = np.concatenate([dp[names.fpn_anchor_labels(k)].ravel() for k in names.FPN_LEVELS])
+        assert (labels >= 0).sum() <= 12
+
+
+def test_eval_dataflow_shards_and_errors(tiny_split, tmp_path):
+    _configure()
+    shards = [_collect(data.get_eval_dataflow('tiny_train', shard, 3)) for shard in range(3)]
+    assert [[image_id for _, image_id in shard] for shard in shards] == [[1], [2], [3, 4]]
+    for shard in shards:
+        for image, _ in shard:
+            assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    assert shards[0][0][0].shape == (48, 64, 3)   # not resized
+    with pytest.raises(ValueError, match='shard'):
+        data.get_eval_dataflow('tiny_train', 3, 3)
+
+    (tmp_path / 'bad.jpg').write_bytes(b'garbage')
+    bad = dict(tiny_split[0], file_name=str(tmp_path / 'bad.jpg'))
+    DatasetRegistry.register('tiny_train', lambda: _ListSplit([bad]))
+    with pytest.raises(ValueError, match='bad.jpg'):
+        _collect(data.get_eval_dataflow('tiny_train'))
+
+
+def test_class_histogram_table(tiny_split):
+    table = data.class_histogram_table(tiny_split, ['BG', 'a', 'b'])
+    # non-crowd instances: a = 2 (color, rgba), b = 2 (color, gray); the crowd "a" is not counted
+    rows = [[cell.strip() for cell in line.strip('|').split('|')] for line in table.splitlines()[2:]]
+    assert rows == [['a', '2', 'b', '2', 'total', '4']]

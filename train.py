@@ -1,0 +1,173 @@
+#!/usr/bin/env python
+"""Train Faster / Mask / Cascade R-CNN.
+
+    python train.py --config MODE_MASK=True MODE_FPN=True DATA.BASEDIR=/path/to/COCO ...
+
+On a CPU-only machine it trains one tower on the CPU; with GPUs, TRAINER=replicated uses all
+visible ones; TRAINER=horovod runs one process per GPU under `horovodrun`. An existing log
+directory is resumed from its newest complete checkpoint unless `--logdir-action backup`.
+"""
+import argparse
+import os
+import shutil
+import time
+
+from utils.tf_compat import num_visible_gpus  # must come before tensorpack
+
+from tensorpack import QueueInput, TrainConfig, launch_train_with_config
+from tensorpack.callbacks import (
+    EstimatedTimeLeft, GPUMemoryTracker, GPUUtilizationTracker, HostMemoryTracker, ModelSaver,
+    PeriodicCallback, ScheduledHyperParamSetter, SessionRunTimeout, ThroughputTracker)
+from tensorpack.tfutils import SaverRestore, SmartInit
+from tensorpack.utils import logger
+
+from config import config as cfg, finalize_configs, num_towers
+from dataset import register_balloon, register_coco, register_shapes
+from utils import training
+
+LOGDIR_ACTIONS = ('resume', 'backup')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--load', help='weights to fine-tune from (.npz or checkpoint); overrides '
+                        'BACKBONE.WEIGHTS; variables whose shapes differ are skipped and listed')
+    parser.add_argument('--logdir', default='train_log/maskrcnn', help='log and checkpoint directory')
+    parser.add_argument('--logdir-action', choices=LOGDIR_ACTIONS, default='resume',
+                        help="what to do with an existing --logdir: 'resume' continues from its newest complete "
+                             "checkpoint (or starts there if it has none); 'backup' moves it aside to "
+                             "LOGDIR.backup-TIMESTAMP and starts fresh. Nothing is ever deleted.")
+    parser.add_argument('--config', nargs='+', default=[], metavar='KEY=VALUE',
+                        help='config overrides, e.g. MODE_FPN=True TRAIN.BASE_LR=0.02')
+    return parser.parse_args(argv)
+
+
+def register_datasets(basedir):
+    """Make every dataset family resolvable by name; nothing is read until a split is used."""
+    register_coco(basedir)
+    register_balloon(basedir)
+    register_shapes(basedir)
+
+
+def build_model():
+    from modeling.generalized_rcnn import ResNetC4Model, ResNetFPNModel
+    return ResNetFPNModel() if cfg.MODE_FPN else ResNetC4Model()
+
+
+def prepare_logdir(logdir, action, is_chief):
+    """Set tensorpack's log directory; returns the checkpoint to resume from, or None."""
+    if not is_chief:
+        return None
+    if os.path.isdir(logdir) and action == 'backup' and os.listdir(logdir):
+        backup = '{}.backup-{}'.format(logdir.rstrip('/'), time.strftime('%Y%m%d-%H%M%S'))
+        shutil.move(logdir, backup)
+        print('Moved the existing {} to {}'.format(logdir, backup))
+    logger.set_logger_dir(logdir, action='k')
+    return training.latest_complete_checkpoint(logdir, log=logger.warn)
+
+
+def make_session_init(args, resume_from, is_chief):
+    if not is_chief:
+        return None   # Horovod: rank 0 initializes, the trainer broadcasts
+    if resume_from:
+        ignored = [name for name, val in (('--load', args.load), ('BACKBONE.WEIGHTS', cfg.BACKBONE.WEIGHTS)) if val]
+        logger.info('Resuming from {}{}.'.format(
+            resume_from, '; ignoring ' + ' and '.join(ignored) if ignored else ''))
+        return SaverRestore(resume_from)
+    if args.load:
+        # Mismatched shapes (e.g. another class count) are skipped and listed by tensorpack.
+        return SmartInit(training.resolve_model_path(args.load), ignore_mismatch=True)
+    if cfg.BACKBONE.WEIGHTS:
+        return SmartInit(training.resolve_model_path(cfg.BACKBONE.WEIGHTS))
+    return None
+
+
+def make_callbacks(model, schedule, towers, on_gpu):
+    callbacks = [
+        PeriodicCallback(ModelSaver(max_to_keep=10, keep_checkpoint_every_n_hours=1),
+                         every_k_epochs=cfg.TRAIN.CHECKPOINT_PERIOD),
+        ScheduledHyperParamSetter('learning_rate', schedule.warmup, interp='linear', step_based=True),
+        ScheduledHyperParamSetter('learning_rate', schedule.epochs),
+        HostMemoryTracker(),
+        ThroughputTracker(samples_per_step=towers),
+        EstimatedTimeLeft(median=True),
+        SessionRunTimeout(60000),   # milliseconds: a hung step fails instead of hanging forever
+        training.make_nonfinite_loss_callback(),
+    ]
+    if on_gpu:
+        callbacks += [GPUMemoryTracker(), GPUUtilizationTracker()]
+    if cfg.TRAIN.EVAL_PERIOD > 0:
+        from eval import EvalCallback
+        callbacks += [EvalCallback(split, *model.get_inference_tensor_names(), logger.get_logger_dir())
+                      for split in cfg.DATA.VAL]
+    return callbacks
+
+
+def make_trainer(is_horovod):
+    if is_horovod:
+        from tensorpack.train import HorovodTrainer
+        return HorovodTrainer(average=False)
+    if cfg.TRAIN.NUM_GPUS > 0:
+        from tensorpack.train import SyncMultiGPUTrainerReplicated
+        return SyncMultiGPUTrainerReplicated(cfg.TRAIN.NUM_GPUS, average=False, mode='nccl')
+    from tensorpack.train import SimpleTrainer
+    return SimpleTrainer()
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg.update_args(args.config)
+    register_datasets(cfg.DATA.BASEDIR)
+
+    is_horovod = cfg.TRAINER == 'horovod'
+    finalize_configs(is_training=True)   # under Horovod this initializes it
+    rank = 0
+    if is_horovod:
+        import horovod.tensorflow as hvd
+        rank = hvd.rank()
+    is_chief = rank == 0
+    towers = num_towers()
+
+    resume_from = prepare_logdir(args.logdir, args.logdir_action, is_chief)
+    schedule = training.compute_schedule(
+        base_lr=cfg.TRAIN.BASE_LR, warmup_steps=cfg.TRAIN.WARMUP, warmup_init_lr=cfg.TRAIN.WARMUP_INIT_LR,
+        lr_schedule=cfg.TRAIN.LR_SCHEDULE, steps_per_epoch=cfg.TRAIN.STEPS_PER_EPOCH, towers=towers)
+    logger.info('Towers: {}, gradient accumulation: {} step(s)'.format(towers, cfg.TRAIN.ACCUMULATE_STEPS))
+    logger.info('Warm Up Schedule (steps, value): ' + str(schedule.warmup))
+    logger.info('LR Schedule (epochs, value): ' + str(schedule.epochs))
+    logger.info('Max epoch: {}'.format(schedule.max_epoch))
+
+    starting_epoch = cfg.TRAIN.STARTING_EPOCH
+    if resume_from:
+        step = training.checkpoint_global_step(resume_from)
+        starting_epoch = step // cfg.TRAIN.STEPS_PER_EPOCH + 1
+        logger.info('Checkpoint {} is at step {}: continuing with epoch {}.'.format(resume_from, step, starting_epoch))
+        if starting_epoch > schedule.max_epoch:
+            logger.info('That checkpoint already finished the schedule ({} epochs); nothing to do.'
+                        .format(schedule.max_epoch))
+            return
+
+    from data import get_train_dataflow
+    model = build_model()
+    train_dataflow = get_train_dataflow(rank=rank)
+    total_images = cfg.TRAIN.LR_SCHEDULE[-1] * 8
+    logger.info('Total passes over the training set: {:.5g}'.format(total_images / max(train_dataflow.size(), 1)))
+
+    traincfg = TrainConfig(
+        model=model,
+        data=QueueInput(train_dataflow),
+        callbacks=make_callbacks(model, schedule, towers, on_gpu=num_visible_gpus() > 0),
+        steps_per_epoch=cfg.TRAIN.STEPS_PER_EPOCH,
+        max_epoch=schedule.max_epoch,
+        session_init=make_session_init(args, resume_from, is_chief),
+        starting_epoch=starting_epoch,
+    )
+    launch_train_with_config(traincfg, make_trainer(is_horovod))
+
+
+if __name__ == '__main__':
+    import multiprocessing as mp
+    # Data workers are spawned, not forked: forking a process that already runs TensorFlow
+    # (and, under Horovod, MPI/Gloo) is unsafe, and spawned workers don't copy its memory.
+    mp.set_start_method('spawn', force=True)
+    main()

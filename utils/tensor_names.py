@@ -1,0 +1,37 @@
+"""The tensor-name contract shared by the dataflow, the model and the predictors.
+
+The dataflow yields dicts keyed by these names, the model declares its inputs
+with them, and predictors / exported graphs are looked up by them. They match
+tensorpack's FasterRCNN example so its checkpoints and tooling keep working.
+"""
+
+# Inputs ---------------------------------------------------------------------
+IMAGE = 'image'                    # float32 [H, W, 3], BGR, already resized
+GT_BOXES = 'gt_boxes'              # float32 [N, 4], x1y1x2y2, resized-image pixels
+GT_LABELS = 'gt_labels'            # int64 [N], classes 1..K
+GT_MASKS_PACKED = 'gt_masks_packed'  # uint8 [N, H, ceil(W / 8)], np.packbits along W
+
+# C4 has one anchor level; FPN has levels 2..6 (strides 4..64).
+C4_ANCHOR_LABELS = 'anchor_labels'  # int32 [H', W', A]: 1 fg, 0 bg, -1 ignore
+C4_ANCHOR_BOXES = 'anchor_boxes'    # float32 [H', W', A, 4]: matched gt box per anchor
+FPN_LEVELS = (2, 3, 4, 5, 6)
+
+
+def fpn_anchor_labels(level):
+    """Name of the anchor-label input of FPN level `level` (2..6)."""
+    return 'anchor_labels_lvl{}'.format(level)
+
+
+def fpn_anchor_boxes(level):
+    """Name of the matched-gt-box input of FPN level `level` (2..6)."""
+    return 'anchor_boxes_lvl{}'.format(level)
+
+
+# Outputs of the inference graph ----------------------------------------------
+OUTPUT_BOXES = 'output/boxes'      # float32 [R, 4], x1y1x2y2, resized-image pixels
+OUTPUT_SCORES = 'output/scores'    # float32 [R]
+OUTPUT_LABELS = 'output/labels'    # int32 [R], classes 1..K
+OUTPUT_MASKS = 'output/masks'      # float32 [R, M, M], probabilities (M=28 FPN, 14 C4)
+
+OUTPUT_NAMES = (OUTPUT_BOXES, OUTPUT_SCORES, OUTPUT_LABELS)
+OUTPUT_NAMES_WITH_MASKS = OUTPUT_NAMES + (OUTPUT_MASKS,)

@@ -1,0 +1,80 @@
+"""The one module that looks at the TensorFlow version and the device.
+
+Import it before TensorFlow or tensorpack anywhere in the project:
+
+    from utils.tf_compat import tf   # tf is tf.compat.v1, in graph mode
+
+Every version-dependent workaround lives here, gated on the installed version,
+and NOTES.md keeps the table of what each gate is for.
+"""
+import importlib.metadata
+import os
+
+_TF_DISTRIBUTIONS = ('tensorflow-cpu', 'tensorflow', 'tensorflow-gpu', 'tensorflow-intel',
+                     'tensorflow-macos', 'tf-nightly', 'tf-nightly-cpu')
+
+
+def _parse_version(text):
+    """'2.15.1' or '2.16.0rc0' -> (2, 16)."""
+    parts = []
+    for piece in text.split('.')[:2]:
+        digits = ''.join(ch for ch in piece if ch.isdigit()) or '0'
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def installed_tf_version():
+    """(major, minor) of the installed TensorFlow distribution, read without importing it."""
+    for dist in _TF_DISTRIBUTIONS:
+        try:
+            return _parse_version(importlib.metadata.version(dist))
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    raise ImportError(
+        "TensorFlow is not installed. Run `make venv` (or "
+        "`pip install -r requirements.txt`) to install the pinned tensorflow-cpu==2.15.1.")
+
+
+TF_VERSION = installed_tf_version()
+
+if TF_VERSION >= (2, 16):
+    # Keras 3 ships with TF >= 2.16 and tf.compat.v1.layers (used by tensorpack's
+    # layers) raises under it. The legacy Keras 2 package must be selected before
+    # TensorFlow is imported for the first time.
+    try:
+        importlib.metadata.version('tf_keras')
+    except importlib.metadata.PackageNotFoundError:
+        raise ImportError(
+            "TensorFlow {}.{} needs the `tf_keras` package for tensorpack's layers: "
+            "`pip install tf_keras~={}.{}`, or install the pinned tensorflow-cpu==2.15.1."
+            .format(*TF_VERSION, *TF_VERSION)) from None
+    os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
+
+# Quiet TensorFlow's C++ start-up chatter unless the user asked for it.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import tensorflow as _tf  # noqa: E402
+
+if TF_VERSION[0] >= 2:
+    # tensorpack builds TF1-style graphs; eager mode and v2 control flow must be off
+    # before any graph is created.
+    _tf.compat.v1.disable_v2_behavior()
+
+tf = _tf.compat.v1
+
+
+def num_visible_gpus():
+    """Number of GPUs this process may use (0 on a CPU-only machine)."""
+    env = os.environ.get('CUDA_VISIBLE_DEVICES')
+    if env is not None and env.strip() in ('', '-1'):
+        return 0
+    return len(_tf.config.list_physical_devices('GPU'))
+
+
+def default_data_format():
+    """'NCHW' where a GPU is visible (cuDNN's fast layout), else 'NHWC'.
+
+    Stock CPU TensorFlow has no NCHW kernels for pooling and several other ops.
+    The variables are the same in both layouts, so checkpoints move freely.
+    """
+    return 'NCHW' if num_visible_gpus() > 0 else 'NHWC'

@@ -1,0 +1,182 @@
+"""Training-side helpers used by train.py: schedules, checkpoints to resume, loss watchdog.
+
+Everything here takes its settings as arguments so it can be tested without a model.
+"""
+import glob
+import os
+import re
+from collections import namedtuple
+
+import numpy as np
+
+from utils.tf_compat import tf
+
+Schedule = namedtuple('Schedule', ['warmup', 'epochs', 'max_epoch'])
+Schedule.__doc__ = """The learning-rate plan of one run, as tensorpack's setters take it.
+
+warmup: [(step, lr), ...] interpolated linearly, step-based.
+epochs: [(epoch, lr), ...] set after the completion of each epoch.
+max_epoch: int, the epoch after which training stops.
+"""
+
+
+def compute_schedule(*, base_lr, warmup_steps, warmup_init_lr, lr_schedule, steps_per_epoch, towers):
+    """Translate the config's "total batch of 8" schedule into this run's steps and epochs.
+
+    `lr_schedule` is [decay1, decay2, ..., last] in steps of a total batch of 8 images. A run
+    with `towers` towers (GPUs or Horovod ranks; 1 on the CPU) takes 8 / towers times as many
+    steps; the decays land on epoch boundaries, as in tensorpack's example. Warmup is counted in
+    this run's own steps and starts lower when more than 8 towers share a step.
+    """
+    if towers < 1:
+        raise ValueError('towers must be at least 1, got {}'.format(towers))
+    init_lr = warmup_init_lr * min(8. / towers, 1.)
+    warmup = [(0, init_lr), (warmup_steps, base_lr)]
+    warmup_end_epoch = warmup_steps * 1. / steps_per_epoch
+    epochs = [(int(warmup_end_epoch + 0.5), base_lr)]
+    factor = 8. / towers
+    for idx, steps in enumerate(lr_schedule[:-1]):
+        epochs.append((int(steps * factor // steps_per_epoch), base_lr * 0.1 ** (idx + 1)))
+    max_epoch = int(lr_schedule[-1] * factor // steps_per_epoch)
+    if max_epoch < 1:
+        raise ValueError(
+            'TRAIN.LR_SCHEDULE ends at {} steps (x{:g} for {} tower(s)) which is less than one epoch of '
+            'TRAIN.STEPS_PER_EPOCH={}; lower STEPS_PER_EPOCH or lengthen the schedule.'
+            .format(lr_schedule[-1], factor, towers, steps_per_epoch))
+    return Schedule(warmup, epochs, max_epoch)
+
+
+# checkpoints -----------------------------------------------------------------------------
+_STEP_RE = re.compile(r'-(\d+)$')
+
+
+def _checkpoint_step(prefix):
+    match = _STEP_RE.search(prefix)
+    return int(match.group(1)) if match else -1
+
+
+def checkpoint_is_complete(prefix):
+    """True if every tensor of checkpoint `prefix` reads back (a truncated .data file fails)."""
+    if not glob.glob(prefix + '.index') or not glob.glob(prefix + '.data-*'):
+        return False
+    try:
+        reader = tf.train.NewCheckpointReader(prefix)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except Exception:   # noqa: BLE001 - any read failure means "not usable"
+        return False
+    return True
+
+
+def list_checkpoints(logdir):
+    """Checkpoint prefixes in `logdir`, newest step first."""
+    prefixes = {p[:-len('.index')] for p in glob.glob(os.path.join(logdir, '*.index'))}
+    return sorted(prefixes, key=_checkpoint_step, reverse=True)
+
+
+def latest_complete_checkpoint(logdir, log=None):
+    """The newest checkpoint in `logdir` that reads back completely, or None.
+
+    Incomplete ones (an interrupted save, a truncated copy) are skipped, and said so via `log`.
+    """
+    for prefix in list_checkpoints(logdir):
+        if checkpoint_is_complete(prefix):
+            return prefix
+        if log is not None:
+            log('Skipping incomplete or unreadable checkpoint {}'.format(prefix))
+    return None
+
+
+def checkpoint_global_step(prefix):
+    """The `global_step` stored in checkpoint `prefix` (0 if it has none)."""
+    reader = tf.train.NewCheckpointReader(prefix)
+    for name in ('global_step', 'global_step/value'):
+        if reader.has_tensor(name):
+            return int(reader.get_tensor(name))
+    return 0
+
+
+def resolve_model_path(path):
+    """What `--load` may name -> a loadable path.
+
+    Accepts an `.npz`, a checkpoint prefix (`model-5000`), the `checkpoint` file, a `.index`/
+    `.data-*` file of a checkpoint, or a log directory (its newest complete checkpoint).
+    """
+    if path.endswith('.npz'):
+        if not os.path.isfile(path):
+            raise FileNotFoundError('--load: no such file: {}'.format(path))
+        return path
+    if os.path.isdir(path):
+        prefix = latest_complete_checkpoint(path)
+        if prefix is None:
+            raise FileNotFoundError('--load: directory {} holds no complete checkpoint.'.format(path))
+        return prefix
+    if os.path.basename(path) == 'checkpoint' and os.path.isfile(path):
+        state = tf.train.get_checkpoint_state(os.path.dirname(path) or '.')
+        if state is None or not state.model_checkpoint_path:
+            raise FileNotFoundError('--load: {} names no checkpoint.'.format(path))
+        prefix = state.model_checkpoint_path
+        if not os.path.isabs(prefix):
+            prefix = os.path.join(os.path.dirname(path), prefix)
+        return prefix
+    prefix = re.sub(r'\.(index|data-\d+-of-\d+|meta)$', '', path)
+    if glob.glob(prefix + '.index'):
+        return prefix
+    raise FileNotFoundError('--load: {} is neither an .npz, a checkpoint, nor a log directory.'.format(path))
+
+
+# loss watchdog ---------------------------------------------------------------------------
+_LOSS_NAME_RE = re.compile(r'(^|/)[\w-]*(loss|cost)$')
+_STATE_OPS = ('Variable', 'VariableV2', 'VarHandleOp', 'ReadVariableOp', 'Assign', 'AssignVariableOp')
+
+
+def find_loss_tensors(graph):
+    """Scalar float tensors of `graph` whose op names end in 'loss' or 'cost', sorted by name."""
+    found = {}
+    for op in graph.get_operations():
+        if not _LOSS_NAME_RE.search(op.name) or len(op.outputs) != 1 or op.type in _STATE_OPS:
+            continue
+        if op.name.startswith(('EMA/', 'tower-pred')):   # moving averages and inference towers
+            continue
+        out = op.outputs[0]
+        if out.dtype.is_floating and out.shape.ndims == 0:
+            found[op.name] = out
+    return [found[name] for name in sorted(found)]
+
+
+def describe_losses(names, values):
+    return ', '.join('{}={:.5g}'.format(n, float(v)) for n, v in zip(names, values))
+
+
+def check_losses_finite(step, names, values):
+    """Raise FloatingPointError naming the step and every loss if any loss is NaN or inf."""
+    values = np.asarray(values, dtype=np.float64)
+    if np.all(np.isfinite(values)):
+        return
+    raise FloatingPointError(
+        'Training stopped: non-finite loss at step {}: {}. Lower TRAIN.BASE_LR, lengthen TRAIN.WARMUP, '
+        'or check the data.'.format(step, describe_losses(names, values)))
+
+
+def make_nonfinite_loss_callback():
+    """A tensorpack callback that stops training at the first step with a NaN or inf loss."""
+    from tensorpack.callbacks import Callback
+
+    class StopOnNonFiniteLoss(Callback):
+        """Fetches every loss each step; raises FloatingPointError naming the step and losses."""
+
+        _chief_only = False
+
+        def _setup_graph(self):
+            self._tensors = find_loss_tensors(self.graph)
+            self._names = [t.op.name for t in self._tensors]
+            if not self._tensors:
+                raise ValueError('No loss tensor found in the training graph to watch.')
+
+        def _before_run(self, _):
+            return tf.train.SessionRunArgs(fetches=self._tensors)
+
+        def _after_run(self, _, run_values):
+            check_losses_finite(self.global_step, self._names, run_values.results)
+
+    return StopOnNonFiniteLoss()
