@@ -252,8 +252,9 @@ def _resnet_group(name, x, width, count, stride, opts):
 def _stem(image, opts):
     """conv0 (7x7/2, 64) + 3x3/2 max pool: stride 4."""
     x = _conv('conv0', image, 64, 7, opts, stride=2, in_channels=3)   # BGR
-    # Padding with -inf (the op's) instead of tensorpack's zeros is the same after the ReLU.
-    return tf.nn.max_pool2d(x, 3, 2, _stride2_padding(opts, 3), data_format=opts.data_format, name='pool0')
+    # A separate zero pad (as tensorpack) because several GPU max-pool kernels lack explicit padding.
+    x = tf.pad(x, _stride2_padding(opts, 3))
+    return tf.nn.max_pool2d(x, 3, 2, 'VALID', data_format=opts.data_format, name='pool0')
 
 
 def _make_options(norm, freeze_affine, tf_pad_mode, stride_1x1, data_format, sync_statistics, crop_odd):

@@ -52,34 +52,32 @@ def test_clip_boxes():
 
 
 def test_cell_anchors_c4_hand_computed():
-    # Reference window: the integer box [0, 15]^2, centre 7.5, area 256.
-    # ratio 0.5: w = round(sqrt(256 / 0.5)) = round(22.63) = 23, h = round(23 * 0.5) = round(11.5) = 12
-    #   (half to even); size 32 -> scale 2 -> 46 x 24 -> x = 7.5 -+ 22.5, y = 7.5 -+ 11.5 -> [-15, -4, 30, 19];
-    #   size 64 -> scale 4 -> 92 x 48 -> [-38, -16, 53, 31].
-    # ratio 1: 16 x 16 -> 32 x 32 -> [-8, -8, 23, 23]; 64 x 64 -> [-24, -24, 39, 39].
-    # ratio 2: w = round(sqrt(128)) = round(11.31) = 11, h = 22 -> 22 x 44 -> [-3, -14, 18, 29];
-    #   44 x 88 -> [-14, -36, 29, 51].
-    # Order: ratio-major, sizes inside. These are integer boxes (x2 inclusive).
-    expected = [[-15, -4, 30, 19], [-38, -16, 53, 31],
-                [-8, -8, 23, 23], [-24, -24, 39, 39],
-                [-3, -14, 18, 29], [-14, -36, 29, 51]]
+    # width = sqrt(size^2 / ratio), height = ratio * width, centred on 0; size-major order.
+    # size 32: ratio 0.5 -> w = sqrt(2048) = 45.2548, h = 22.6274; ratio 1 -> 32 x 32;
+    #          ratio 2 -> w = sqrt(512) = 22.6274, h = 45.2548.
+    # size 64: ratio 1 -> 64 x 64 (the others are twice the size-32 ones).
+    r = np.sqrt(2048) / 2   # 22.6274
+    expected = [[-r, -r / 2, r, r / 2], [-16, -16, 16, 16], [-r / 2, -r, r / 2, r],
+                [-2 * r, -r, 2 * r, r], [-32, -32, 32, 32], [-r, -2 * r, r, 2 * r]]
     cell = np_box_ops.generate_cell_anchors(16, (32, 64), (0.5, 1., 2.))
     assert cell.dtype == np.float32
-    np.testing.assert_array_equal(cell, expected)
+    np.testing.assert_allclose(cell, expected, rtol=1e-6)
 
 
 def test_all_anchors_c4_grid():
     anchors = np_box_ops.get_all_anchors(16, (32, 64), (0.5, 1., 2.), max_size=100)
-    # S = ceil(100 / 16) = 7 cells per side, A = 3 ratios * 2 sizes
+    # S = ceil(100 / 16) = 7 cells per side, A = 2 sizes * 3 ratios
     assert anchors.shape == (7, 7, 6, 4) and anchors.dtype == np.float32
-    # +1 on x2, y2 turns the integer boxes into float boxes: 46 x 24, centred on (8, 8) = stride / 2
-    np.testing.assert_array_equal(anchors[0, 0, 0], [-15, -4, 31, 20])
+    np.testing.assert_array_equal(anchors[0, 0, 1], [-16, -16, 16, 16])
     centres = (anchors[0, 0, :, :2] + anchors[0, 0, :, 2:]) / 2
-    np.testing.assert_array_equal(centres, np.full((6, 2), 8.0))
+    np.testing.assert_allclose(centres, np.zeros((6, 2)), atol=1e-5)
     # cell (row 2, column 5) is shifted by x = 5 * 16, y = 2 * 16
-    np.testing.assert_array_equal(anchors[2, 5] - anchors[0, 0], np.tile([[80, 32, 80, 32]], (6, 1)))
-    # the ratio-1 anchors have exactly the requested sqrt-area
-    np.testing.assert_allclose(np.sqrt(np_box_ops.area(anchors[0, 0, 2:4])), [32, 64])
+    np.testing.assert_allclose(anchors[2, 5] - anchors[0, 0], np.tile([[80, 32, 80, 32]], (6, 1)), atol=1e-4)
+    # every anchor has exactly the requested sqrt-area and ratio
+    areas = np.sqrt(np_box_ops.area(anchors[0, 0]))
+    np.testing.assert_allclose(areas, [32, 32, 32, 64, 64, 64], rtol=1e-5)
+    cell = anchors[0, 0]
+    np.testing.assert_allclose((cell[:, 3] - cell[:, 1]) / (cell[:, 2] - cell[:, 0]), [0.5, 1, 2] * 2, rtol=1e-5)
 
 
 def test_all_anchors_fpn_levels():
@@ -88,20 +86,13 @@ def test_all_anchors_fpn_levels():
     # S = 1344 / stride
     assert [grid.shape for grid in levels] == [(336, 336, 3, 4), (168, 168, 3, 4), (84, 84, 3, 4),
                                               (42, 42, 3, 4), (21, 21, 3, 4)]
-    # Level p2 (stride 4, size 32), reference window [0, 3]^2 with centre 1.5, scale 8:
-    # ratio 0.5: w = round(sqrt(32)) = round(5.66) = 6, h = 3 -> 48 x 24 -> [-22, -10, 25, 13] + 1 on x2, y2
-    # ratio 1:   4 x 4 -> 32 x 32 -> [-14, -14, 17, 17] + 1
-    # ratio 2:   w = round(sqrt(8)) = round(2.83) = 3, h = 6 -> 24 x 48 -> [-10, -22, 13, 25] + 1
-    np.testing.assert_array_equal(levels[0][0, 0], [[-22, -10, 26, 14], [-14, -14, 18, 18], [-10, -22, 14, 26]])
     for stride, size, grid in zip(strides, sizes, levels):
         cell = grid[0, 0]
         widths, heights = cell[:, 2] - cell[:, 0], cell[:, 3] - cell[:, 1]
-        np.testing.assert_allclose((cell[:, :2] + cell[:, 2:]) / 2, np.full((3, 2), stride / 2))
-        assert widths[1] == heights[1] == size                    # ratio 1: exact size
-        # rounding keeps ratios and sqrt-areas within 10% (stride 8, ratio 0.5: 11 x 6 window, ratio 6 / 11)
-        np.testing.assert_allclose(heights / widths, [0.5, 1, 2], rtol=0.1)
-        np.testing.assert_allclose(np.sqrt(widths * heights), [size] * 3, rtol=0.1)
-        np.testing.assert_allclose(grid[1, 1, 0] - cell[0], [stride] * 4)
+        np.testing.assert_allclose((cell[:, :2] + cell[:, 2:]) / 2, np.zeros((3, 2)), atol=1e-4)
+        np.testing.assert_allclose(heights / widths, [0.5, 1, 2], rtol=1e-5)
+        np.testing.assert_allclose(np.sqrt(widths * heights), [size] * 3, rtol=1e-5)
+        np.testing.assert_allclose(grid[1, 1, 0] - cell[0], [stride] * 4, rtol=1e-5)
 
 
 def test_fpn_needs_one_size_per_stride():

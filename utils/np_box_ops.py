@@ -67,59 +67,42 @@ def clip_boxes(boxes, shape_hw):
     return boxes
 
 
-def _center_form_anchors(widths, heights, x_center, y_center):
-    """Integer-box anchors (x2 inclusive) of the given sizes around one centre -> [K, 4]."""
-    half_w = 0.5 * (np.asarray(widths, dtype=np.float64) - 1)
-    half_h = 0.5 * (np.asarray(heights, dtype=np.float64) - 1)
-    return np.stack([x_center - half_w, y_center - half_h,
-                     x_center + half_w, y_center + half_h], axis=1)
-
-
 def generate_cell_anchors(stride, sizes, ratios):
-    """Anchors of the feature-map cell (0, 0), in Detectron's integer-box form.
+    """Anchors of the feature-map cell (0, 0), centred on the origin (as tensorpack and detectron2).
 
-    The reference window is the integer box [0, stride - 1]^2 (centre
-    (stride - 1) / 2). For each ratio (height / width) its area stride^2 is
-    reshaped to width round(sqrt(stride^2 / ratio)), height round(width * ratio),
-    then each such window is scaled by size / stride. Rounding uses numpy's
-    round-half-to-even, as the original code did; the results therefore have only
-    approximately the sqrt-area `sizes` for ratios other than 1.
+    Each anchor has sqrt-area exactly `size` and height / width exactly `ratio`:
+    width = sqrt(size^2 / ratio), height = ratio * width. No rounding, no +1.
 
     Args:
-        stride: int, feature-map stride in pixels.
-        sizes: sequence of anchor sizes (sqrt of the area before rounding), pixels.
+        stride: int, feature-map stride in pixels (only validated here; the grid uses it).
+        sizes: sequence of anchor sizes (sqrt of the area), pixels.
         ratios: sequence of aspect ratios height / width.
     Returns:
-        float32 [A, 4], A = len(ratios) * len(sizes), ordered ratio-major
-        (index = ratio_index * len(sizes) + size_index). Integer boxes: x2, y2 are
-        the last covered pixel, so the float box is obtained by adding 1 to x2, y2.
+        float32 [A, 4], A = len(sizes) * len(ratios), ordered size-major
+        (index = size_index * len(ratios) + ratio_index), the channel order of the RPN head.
     """
     if stride <= 0:
         raise ValueError("Anchor stride must be positive, got {}".format(stride))
     if len(sizes) == 0 or len(ratios) == 0:
         raise ValueError("Anchor sizes and ratios must be non-empty, got {} and {}".format(sizes, ratios))
-    ratios = np.asarray(ratios, dtype=np.float64)
-    scales = np.asarray(sizes, dtype=np.float64) / stride
-    center = 0.5 * (stride - 1)
-    ratio_widths = np.round(np.sqrt(stride * stride / ratios))
-    ratio_heights = np.round(ratio_widths * ratios)
-    anchors = []
-    for width, height in zip(ratio_widths, ratio_heights):
-        anchors.append(_center_form_anchors(width * scales, height * scales, center, center))
-    return np.concatenate(anchors, axis=0).astype(np.float32)
+    sizes = np.asarray(sizes, dtype=np.float64)[:, None]
+    ratios = np.asarray(ratios, dtype=np.float64)[None, :]
+    widths = np.sqrt(sizes * sizes / ratios)      # [num_sizes, num_ratios]
+    heights = ratios * widths
+    half = 0.5 * np.stack([widths, heights], axis=-1).reshape(-1, 2)
+    return np.concatenate([-half, half], axis=1).astype(np.float32)
 
 
 def get_all_anchors(stride, sizes, ratios, max_size):
-    """Float-box anchors of every cell of the largest possible feature map.
+    """Anchors of every cell of the largest possible feature map.
 
-    Cell (i, j) holds the cell anchors shifted by (j * stride, i * stride); with
-    the +1 that turns integer boxes into float boxes, the anchors of cell (0, 0)
-    are centred on (stride / 2, stride / 2).
+    Cell (i, j) holds the cell anchors shifted by (j * stride, i * stride), so the anchors of
+    cell (0, 0) are centred on the image origin, as in tensorpack's example.
 
     Args:
         stride: int, feature-map stride in pixels.
         sizes, ratios: see `generate_cell_anchors`.
-        max_size: int, the largest image side (PREPROC.MAX_SIZE), pixels.
+        max_size: the largest image side (PREPROC.MAX_SIZE), pixels.
     Returns:
         float32 [S, S, A, 4], x1y1x2y2 image pixels, S = ceil(max_size / stride);
         indexed [row (y), column (x), anchor].
@@ -130,7 +113,6 @@ def get_all_anchors(stride, sizes, ratios, max_size):
     shift_x, shift_y = np.meshgrid(shifts, shifts)  # [S, S] each, indexed [y, x]
     shifts = np.stack([shift_x, shift_y, shift_x, shift_y], axis=-1)  # [S, S, 4]
     anchors = shifts[:, :, None, :] + cell_anchors[None, None, :, :]
-    anchors[..., 2:] += 1
     return anchors.astype(np.float32)
 
 

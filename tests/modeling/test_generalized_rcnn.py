@@ -1,0 +1,251 @@
+"""Smoke tests of the model assembly on tiny configs, its variables, and its edge cases.
+
+Graph builds dominate the time; each test builds at most two graphs. The slowest tests
+(the R50 variable lists, the tensorpack trainer run and the overfit run) say so in their names.
+"""
+import numpy as np
+import pytest
+
+from utils.tf_compat import tf  # noqa: I001  (must come before tensorpack)
+
+from config import config as cfg, reset_config
+from utils import tensor_names as names
+
+from tests.modeling import expected_variables as expected
+from tests.modeling import rcnn_helpers as helpers
+
+TINY_BLOCKS = (1, 1, 1, 1)
+TINY_DIMS = dict(num_blocks=TINY_BLOCKS, num_category=3)
+TINY_FPN_DIMS = dict(TINY_DIMS, fpn_channels=32, conv_head_dim=32, fc_head_dim=64, mask_head_dim=32)
+
+GN_HEADS = ['FPN.FRCNN_HEAD_FUNC=fastrcnn_4conv1fc_gn_head', 'FPN.MRCNN_HEAD_FUNC=maskrcnn_up4conv_gn_head',
+            'FPN.NORM=GN', 'BACKBONE.NORM=GN']
+
+# name -> (config overrides, expected variables of the tiny model)
+VARIANTS = {
+    'fpn_mask': ([], expected.fpn_model(**TINY_FPN_DIMS)),
+    'fpn_box_only': (['MODE_MASK=False'], expected.fpn_model(mask=False, **TINY_FPN_DIMS)),
+    'fpn_cascade_mask': (['FPN.CASCADE=True'], expected.fpn_model(cascade_stages=3, **TINY_FPN_DIMS)),
+    'fpn_gn_4conv': (GN_HEADS, expected.fpn_model(
+        norm='GN', fpn_norm='GN', box_head_name='fastrcnn_4conv1fc_gn_head',
+        mask_head_name='maskrcnn_up4conv_gn_head', **TINY_FPN_DIMS)),
+    'c4_mask': (['MODE_FPN=False', 'FRCNN.BATCH_PER_IM=16'],
+                expected.c4_model(rpn_head_dim=64, mask_head_dim=32, **TINY_DIMS)),
+    'c4_box_only': (['MODE_FPN=False', 'MODE_MASK=False', 'FRCNN.BATCH_PER_IM=16'],
+                    expected.c4_model(mask=False, rpn_head_dim=64, **TINY_DIMS)),
+}
+
+
+def model_variables():
+    """{name: shape} of the model's variables: no optimizer slots, moving summaries or lr."""
+    out = {}
+    for var in tf.global_variables():
+        name = var.op.name
+        if name.startswith('EMA/') or name == 'learning_rate' or name.endswith('/Momentum') \
+                or name == 'global_step':
+            continue
+        out[name] = var.shape.as_list()
+    return out
+
+
+def diff(actual, wanted):
+    """A readable description of how two {name: shape} dicts differ ('' if equal)."""
+    lines = ['missing: {} {}'.format(k, wanted[k]) for k in sorted(set(wanted) - set(actual))]
+    lines += ['unexpected: {} {}'.format(k, actual[k]) for k in sorted(set(actual) - set(wanted))]
+    lines += ['shape of {}: {} != {}'.format(k, actual[k], wanted[k])
+              for k in sorted(set(actual) & set(wanted)) if actual[k] != wanted[k]]
+    return '\n'.join(lines)
+
+
+def assert_losses_finite(losses):
+    for name, value in losses.items():
+        assert np.isfinite(value), '{} = {}'.format(name, value)
+
+
+@pytest.mark.parametrize('variant', sorted(VARIANTS))
+def test_training_step_variables_and_finite_losses(variant):
+    overrides, wanted_variables = VARIANTS[variant]
+    helpers.configure(*overrides)
+    datapoint = helpers.synthetic_datapoint()
+    with tf.Graph().as_default():
+        model = helpers.build_model()
+        inputs, cost, train_op = helpers.build_training_graph(model)
+        assert diff(model_variables(), wanted_variables) == ''
+        losses = helpers.loss_tensors()
+        assert ('maskrcnn_loss/maskrcnn_loss' in losses) == cfg.MODE_MASK
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            values, _ = sess.run([losses, train_op], feed_dict=helpers.feed(inputs, datapoint))
+            after = sess.run(cost, feed_dict=helpers.feed(inputs, datapoint))
+    assert_losses_finite(values)
+    assert values['total_cost'] > 0 and np.isfinite(after)
+
+
+def _check_outputs(outputs, tensors, image_shape_hw, mask_size):
+    boxes, scores, labels = (outputs[n] for n in (names.OUTPUT_BOXES, names.OUTPUT_SCORES, names.OUTPUT_LABELS))
+    num = len(boxes)
+    assert tensors[names.OUTPUT_BOXES].dtype == tf.float32 and boxes.shape == (num, 4)
+    assert tensors[names.OUTPUT_SCORES].dtype == tf.float32 and scores.shape == (num,)
+    assert tensors[names.OUTPUT_LABELS].dtype == tf.int32 and labels.shape == (num,)
+    assert num <= cfg.TEST.RESULTS_PER_IM
+    height, width = image_shape_hw
+    assert np.all(boxes >= 0) and np.all(boxes[:, [0, 2]] <= width) and np.all(boxes[:, [1, 3]] <= height)
+    assert np.all(np.diff(scores) <= 0)
+    assert np.all((labels >= 1) & (labels <= cfg.DATA.NUM_CATEGORY))
+    if cfg.MODE_MASK:
+        masks = outputs[names.OUTPUT_MASKS]
+        assert tensors[names.OUTPUT_MASKS].dtype == tf.float32
+        assert masks.shape == (num, mask_size, mask_size)
+        assert np.all((masks >= 0) & (masks <= 1))
+    else:
+        assert names.OUTPUT_MASKS not in outputs
+    return num
+
+
+@pytest.mark.parametrize('variant, mask_size', [('fpn_mask', 28), ('fpn_cascade_mask', 28),
+                                                ('fpn_box_only', None), ('c4_mask', 14)])
+def test_inference_outputs_names_dtypes_shapes(variant, mask_size):
+    helpers.configure(*VARIANTS[variant][0], is_training=False)
+    image = helpers.synthetic_datapoint(shape_hw=(128, 176))[names.IMAGE]
+    outputs, tensors = helpers.run_inference(image)
+    num = _check_outputs(outputs, tensors, (128, 176), mask_size)
+    assert num > 0   # the score threshold is 0 in the tiny config
+
+
+def test_inference_tensor_names():
+    helpers.configure(is_training=False)
+    model = helpers.build_model()
+    assert model.get_inference_tensor_names() == (
+        [names.IMAGE], [names.OUTPUT_BOXES, names.OUTPUT_SCORES, names.OUTPUT_LABELS, names.OUTPUT_MASKS])
+    reset_config()
+    helpers.configure('MODE_MASK=False', is_training=False)
+    assert helpers.build_model().get_inference_tensor_names()[1] == list(names.OUTPUT_NAMES)
+
+
+def test_inputs_declare_the_contract():
+    helpers.configure()
+    specs = {spec.name: spec for spec in helpers.build_model().inputs()}
+    assert specs[names.IMAGE].dtype == tf.float32 and specs[names.IMAGE].shape.as_list() == [None, None, 3]
+    for level in names.FPN_LEVELS:
+        assert specs[names.fpn_anchor_labels(level)].shape.as_list() == [None, None, 3]
+        assert specs[names.fpn_anchor_labels(level)].dtype == tf.int32
+        assert specs[names.fpn_anchor_boxes(level)].shape.as_list() == [None, None, 3, 4]
+    assert specs[names.GT_BOXES].shape.as_list() == [None, 4]
+    assert specs[names.GT_LABELS].dtype == tf.int64
+    assert specs[names.GT_MASKS_PACKED].dtype == tf.uint8
+    reset_config()
+    helpers.configure('MODE_FPN=False', 'MODE_MASK=False')
+    specs = {spec.name: spec for spec in helpers.build_model().inputs()}
+    assert specs[names.C4_ANCHOR_LABELS].shape.as_list() == [None, None, 15]
+    assert specs[names.C4_ANCHOR_BOXES].shape.as_list() == [None, None, 15, 4]
+    assert names.GT_MASKS_PACKED not in specs
+
+
+def test_optimizer_accumulates_and_keeps_lr_untrainable():
+    from tensorpack.tfutils.optimizer import AccumGradOptimizer
+    helpers.configure('TRAIN.ACCUMULATE_STEPS=4')
+    with tf.Graph().as_default():
+        opt = helpers.build_model().optimizer()
+        assert isinstance(opt, AccumGradOptimizer)
+        lr = [v for v in tf.global_variables() if v.op.name == 'learning_rate']
+        assert len(lr) == 1 and lr[0] not in tf.trainable_variables()
+    reset_config()
+    helpers.configure('TRAIN.ACCUMULATE_STEPS=1')
+    with tf.Graph().as_default():
+        assert isinstance(helpers.build_model().optimizer(), tf.train.MomentumOptimizer)
+
+
+@pytest.mark.parametrize('variant', ['fpn_gn_cascade_mask', 'c4_mask'])
+def test_nchw_builds_the_same_variables(variant):
+    """NCHW is the GPU layout; CPU kernels are missing for some of its ops, so build only."""
+    overrides = GN_HEADS + ['FPN.CASCADE=True'] if variant.startswith('fpn') else VARIANTS[variant][0]
+    found = {}
+    for data_format in ('NHWC', 'NCHW'):
+        reset_config()
+        helpers.configure(*overrides, 'BACKBONE.DATA_FORMAT=' + data_format)
+        with tf.Graph().as_default():
+            helpers.build_training_graph(helpers.build_model())
+            found[data_format] = model_variables()
+    assert found['NHWC'] and diff(found['NCHW'], found['NHWC']) == ''
+
+
+class TestEdgeCases:
+    """One tiny FPN Mask R-CNN training graph fed unusual images."""
+
+    @pytest.fixture(scope='class')
+    def session(self):
+        reset_config()
+        helpers.configure()
+        datapoints = {
+            'normal': helpers.synthetic_datapoint(),
+            'no_gt': helpers.synthetic_datapoint(boxes=np.zeros((0, 4))),
+            'all_crowd': helpers.synthetic_datapoint(is_crowd=[1, 1]),
+            'tiny_gt': helpers.synthetic_datapoint(boxes=[(10, 10, 12, 11)]),
+        }
+        graph = tf.Graph()
+        with graph.as_default():
+            inputs, _, train_op = helpers.build_training_graph(helpers.build_model())
+            losses = helpers.loss_tensors()
+            num_fg = graph.get_tensor_by_name('sample_fast_rcnn_targets/num_fg:0')
+            sess = tf.Session()
+            sess.run(tf.global_variables_initializer())
+        reset_config()
+        yield sess, inputs, losses, train_op, num_fg, datapoints
+        sess.close()
+
+    @pytest.mark.parametrize('case', ['normal', 'no_gt', 'all_crowd', 'tiny_gt'])
+    def test_training_step_is_finite(self, session, case):
+        sess, inputs, losses, train_op, num_fg, datapoints = session
+        datapoint = datapoints[case]
+        values, fg, _ = sess.run([losses, num_fg, train_op], feed_dict=helpers.feed(inputs, datapoint))
+        assert_losses_finite(values)
+        if case in ('no_gt', 'all_crowd'):
+            assert len(datapoint[names.GT_BOXES]) == 0
+            assert fg == 0 and values['maskrcnn_loss/maskrcnn_loss'] == 0
+            assert values['fastrcnn_losses/box_loss'] == 0
+        else:
+            assert fg > 0
+
+
+def test_no_surviving_proposals():
+    """RPN.MIN_SIZE above the image size removes every proposal."""
+    helpers.configure('RPN.MIN_SIZE=1000')
+    history = helpers.run_training_steps([helpers.synthetic_datapoint()], num_steps=1)
+    assert_losses_finite(history[0])   # the gt boxes still give the heads foreground rois
+    reset_config()
+    helpers.configure('RPN.MIN_SIZE=1000', is_training=False)
+    outputs, tensors = helpers.run_inference(helpers.synthetic_datapoint()[names.IMAGE])
+    assert _check_outputs(outputs, tensors, (128, 160), 28) == 0
+
+
+def _r50_variables(*overrides):
+    helpers.configure(*overrides, tiny=False, is_training=False, num_category=80)
+    with tf.Graph().as_default():
+        helpers.build_inference_graph(helpers.build_model())
+        return model_variables()
+
+
+def test_slow_r50_fpn_mask_variables_match_checkpoint_names():
+    assert diff(_r50_variables(), expected.fpn_model()) == ''
+
+
+def test_slow_r50_c4_mask_variables_match_checkpoint_names():
+    assert diff(_r50_variables('MODE_FPN=False'), expected.c4_model()) == ''
+
+
+def test_slow_tensorpack_trainer_runs_steps(tmp_path):
+    """The real training path: tensorpack's SimpleTrainer fed by a QueueInput of data dicts."""
+    from tensorpack import QueueInput, SimpleTrainer, TrainConfig, launch_train_with_config
+    from tensorpack.dataflow import DataFromList
+    from tensorpack.utils import logger
+
+    helpers.configure('TRAIN.ACCUMULATE_STEPS=2')
+    datapoints = [helpers.synthetic_datapoint(seed=i) for i in range(2)]
+    logger.set_logger_dir(str(tmp_path / 'log'), action='k')
+    try:
+        config = TrainConfig(model=helpers.build_model(), data=QueueInput(DataFromList(datapoints, shuffle=False)),
+                             callbacks=[], monitors=[], steps_per_epoch=2, max_epoch=1)
+        with tf.Graph().as_default():
+            launch_train_with_config(config, SimpleTrainer())
+    finally:
+        logger.set_logger_dir(str(tmp_path / 'log2'), action='k')
