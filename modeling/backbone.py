@@ -9,11 +9,11 @@ Variable names and shapes are tensorpack's, so its model-zoo checkpoints load un
   group{g}/block0/convshortcut/W + norm, where "norm" is bn/{gamma, beta, mean/EMA,
   variance/EMA} (FreezeBN, SyncBN), gn/{gamma, beta} (GN) or nothing ('None').
 
-Padding of the stride-2 layers follows tensorpack exactly. With tf_pad_mode=False (the default)
-each stride-2 window starts one pixel (three for conv0) before the image, like Caffe/Detectron's
-symmetric padding on even sizes; with tf_pad_mode=True the windows start where TF's 'SAME' starts
-them on even sizes. Both are explicit (top, bottom) paddings given to the conv/pool op itself:
-that is the same arithmetic as tensorpack's tf.pad + 'VALID' but skips a copy of the tensor.
+Padding of the stride-2 layers follows tensorpack exactly, for odd sizes too. With
+tf_pad_mode=False (the default) each stride-2 window starts one pixel (three for conv0) before
+the image, like Caffe/Detectron's symmetric padding on even sizes; with tf_pad_mode=True they
+start where TF's 'SAME' starts them on even sizes. The convs take these (top, bottom) paddings
+as the op's explicit padding, which is tensorpack's tf.pad + 'VALID' without copying the tensor.
 """
 import dataclasses
 from contextlib import contextmanager
@@ -137,7 +137,7 @@ def _freeze_affine_getter(getter, *args, **kwargs):
         return getter(*args, **kwargs)
     kwargs['trainable'] = False
     variable = getter(*args, **kwargs)
-    if variable not in tf.get_collection(tf.GraphKeys.MODEL_VARIABLES):
+    if not any(v is variable for v in tf.get_collection(tf.GraphKeys.MODEL_VARIABLES)):
         tf.add_to_collection(tf.GraphKeys.MODEL_VARIABLES, variable)
     return variable
 
@@ -212,6 +212,8 @@ def _conv(name, x, out_channels, kernel_size, opts, *, stride=1, relu=True, zero
                                  initializer=kernel_init)
         y = tf.nn.conv2d(x, kernel, _strides(opts, stride), padding, data_format=opts.data_format)
         if norm_fn is not None:
+            # tensorpack passes gamma_initializer=None here, which TF turns into a Glorot-uniform
+            # gamma; ones is what is meant (it only matters when training from scratch).
             y = norm_fn(y, opts, tf.zeros_initializer() if zero_init else tf.ones_initializer())
         if relu:
             y = tf.nn.relu(y)

@@ -147,7 +147,8 @@ def fastrcnn_losses(labels, label_logits, fg_encoded_gt_boxes, fg_box_logits):
     fg_labels = tf.gather(labels, fg_inds)
     num_fg = tf.size(fg_inds, out_type=tf.int64)
     if int(fg_box_logits.shape[1]) > 1:
-        fg_box_logits = tf.gather(fg_box_logits, tf.expand_dims(fg_labels, 1), batch_dims=1)
+        # gather_nd rather than gather(batch_dims=1): the latter's gradient has a wrong shape when F == 0.
+        fg_box_logits = tf.gather_nd(fg_box_logits, tf.stack([tf.range(num_fg), fg_labels], axis=1))
     fg_box_logits = tf.reshape(fg_box_logits, [-1, 4])
 
     with tf.name_scope('label_metrics'):

@@ -26,8 +26,7 @@ def maskrcnn_loss(mask_logits, fg_labels, fg_target_masks):
     Returns:
         float32 scalar, averaged over pixels; 0 when F == 0.
     """
-    mask_logits = tf.gather(mask_logits, tf.reshape(fg_labels - 1, [-1, 1]), batch_dims=1)
-    mask_logits = tf.squeeze(mask_logits, axis=1)  # [F, M, M]
+    mask_logits = select_class_masks(mask_logits, fg_labels)  # [F, M, M]
     mask_probs = tf.sigmoid(mask_logits)
 
     with tf.name_scope('mask_viz'):
@@ -115,8 +114,10 @@ def get_mask_head(name):
 
 def select_class_masks(mask_logits, labels):
     """The channel of each roi's class. mask_logits [N, K, M, M], labels int [N] 1..K -> [N, M, M]."""
-    indices = tf.reshape(tf.cast(labels, tf.int32) - 1, [-1, 1])
-    return tf.squeeze(tf.gather(mask_logits, indices, batch_dims=1), axis=1)
+    labels = tf.cast(labels, tf.int32)
+    # gather_nd rather than gather(batch_dims=1): the latter's gradient has a wrong shape when N == 0.
+    indices = tf.stack([tf.range(tf.size(labels)), labels - 1], axis=1)
+    return tf.gather_nd(mask_logits, indices)
 
 
 def unpackbits_masks(packed_masks, image_shape_hw):

@@ -58,7 +58,10 @@ import tensorflow as _tf  # noqa: E402
 if TF_VERSION[0] >= 2:
     # tensorpack builds TF1-style graphs; eager mode and v2 control flow must be off
     # before any graph is created.
+    _level = _tf.get_logger().level
+    _tf.get_logger().setLevel('ERROR')   # its deprecation notice about resource variables is noise here
     _tf.compat.v1.disable_v2_behavior()
+    _tf.get_logger().setLevel(_level)
 
 tf = _tf.compat.v1
 

@@ -76,7 +76,8 @@ def test_r50_fpn_variables_build_only():
     graph, _, _ = build(fpn([3, 4, 6, 3]), shape=(1, None, None, 3))
     shapes = variable_shapes(graph)
     assert shapes == expected_variables([3, 4, 6, 3], 'FreezeBN')
-    assert len([name for name in shapes if name.endswith('/W')]) == 53   # the "50" minus the fc layer
+    # conv0 + 16 blocks x 3 convs + 4 shortcut convs
+    assert len([name for name in shapes if name.endswith("/W")]) == 1 + 16 * 3 + 4
 
 
 def test_c4_backbone_and_conv5_variables():
