@@ -38,9 +38,13 @@ masks uint8 [M, H, W] or None (no mask head)."""
 
 def _backbone_options():
     """Keyword arguments shared by the backbone builders."""
+    sync_statistics = None
+    if cfg.BACKBONE.NORM == 'SyncBN':
+        # Batch statistics are averaged over all GPUs, by Horovod or, in-process, by NCCL.
+        sync_statistics = 'horovod' if cfg.TRAINER == 'horovod' else 'nccl'
     return dict(norm=cfg.BACKBONE.NORM, freeze_affine=cfg.BACKBONE.FREEZE_AFFINE,
                 tf_pad_mode=cfg.BACKBONE.TF_PAD_MODE, stride_1x1=cfg.BACKBONE.STRIDE_1X1,
-                data_format=cfg.BACKBONE.DATA_FORMAT)
+                data_format=cfg.BACKBONE.DATA_FORMAT, sync_statistics=sync_statistics)
 
 
 def _decode_clip():

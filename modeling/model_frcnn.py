@@ -140,8 +140,9 @@ def fastrcnn_losses(labels, label_logits, fg_encoded_gt_boxes, fg_box_logits):
     Returns:
         [label_loss, box_loss], float32 scalars.
     """
+    num_rois = tf.cast(tf.maximum(tf.size(labels), 1), tf.float32)  # no rois: losses 0, not NaN
     label_loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=label_logits)
-    label_loss = tf.reduce_mean(label_loss, name='label_loss')
+    label_loss = tf.truediv(tf.reduce_sum(label_loss), num_rois, name='label_loss')
 
     fg_inds = tf.where(labels > 0)[:, 0]
     fg_labels = tf.gather(labels, fg_inds)
@@ -155,7 +156,7 @@ def fastrcnn_losses(labels, label_logits, fg_encoded_gt_boxes, fg_box_logits):
         no_fg = tf.equal(num_fg, 0)
         predictions = tf.argmax(label_logits, axis=1, name='label_prediction')
         correct = tf.cast(tf.equal(predictions, labels), tf.float32)
-        accuracy = tf.reduce_mean(correct, name='accuracy')
+        accuracy = tf.truediv(tf.reduce_sum(correct), num_rois, name='accuracy')
         fg_predictions = tf.gather(predictions, fg_inds)
         num_zero = tf.reduce_sum(tf.cast(tf.equal(fg_predictions, 0), tf.float32))
         safe_num_fg = tf.cast(tf.maximum(num_fg, 1), tf.float32)
@@ -164,7 +165,7 @@ def fastrcnn_losses(labels, label_logits, fg_encoded_gt_boxes, fg_box_logits):
                                name='fg_accuracy')
 
     box_loss = tf.reduce_sum(tf.abs(fg_encoded_gt_boxes - fg_box_logits))
-    box_loss = tf.truediv(box_loss, tf.cast(tf.shape(labels)[0], tf.float32), name='box_loss')
+    box_loss = tf.truediv(box_loss, num_rois, name='box_loss')
 
     add_moving_summary(label_loss, box_loss, accuracy, fg_accuracy, false_negative,
                        tf.cast(num_fg, tf.float32, name='num_fg_label'))
