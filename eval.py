@@ -281,8 +281,9 @@ class EvalCallback(Callback):
             # Gathering part files needs a shared filesystem, which only one machine is sure to have.
             self._predict_here = hvd.rank() == hvd.local_rank()
             if self._predict_here:
-                # Horovod makes each process see only its own GPU as gpu:0.
-                self._predictor = self._build_predictor(0 if num_gpus > 0 else -1)
+                # Horovod makes each process see only its own GPU as gpu:0; NUM_GPUS counts ranks, even on CPUs.
+                from utils.tf_compat import num_visible_gpus
+                self._predictor = self._build_predictor(0 if num_visible_gpus() > 0 else -1)
                 self._dataflow = get_eval_dataflow(self._eval_dataset, shard=hvd.local_rank(),
                                                    num_shards=hvd.local_size())
             self._barrier = hvd.allreduce(tf.random_normal(shape=[1]))

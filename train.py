@@ -12,7 +12,7 @@ import os
 import shutil
 import time
 
-from utils.tf_compat import num_visible_gpus  # must come before tensorpack
+from utils.tf_compat import num_visible_gpus, tf  # must come before tensorpack
 
 from tensorpack import QueueInput, TrainConfig, launch_train_with_config
 from tensorpack.callbacks import (
@@ -82,7 +82,8 @@ def make_session_init(args, resume_from, is_chief):
     return None
 
 
-def make_callbacks(model, schedule, towers, on_gpu):
+def make_callbacks(model, schedule, towers, on_gpu, logdir, rank=None):
+    """`rank`: this process's Horovod rank, or None without Horovod."""
     callbacks = [
         PeriodicCallback(ModelSaver(max_to_keep=10, keep_checkpoint_every_n_hours=1),
                          every_k_epochs=cfg.TRAIN.CHECKPOINT_PERIOD),
@@ -96,17 +97,20 @@ def make_callbacks(model, schedule, towers, on_gpu):
     ]
     if on_gpu:
         callbacks += [GPUMemoryTracker(), GPUUtilizationTracker()]
+    if rank is not None:
+        callbacks.append(training.make_fingerprint_callback(rank))
     if cfg.TRAIN.EVAL_PERIOD > 0:
         from eval import EvalCallback
-        callbacks += [EvalCallback(split, *model.get_inference_tensor_names(), logger.get_logger_dir())
+        # Every rank gets the directory: Horovod ranks other than 0 write their part of the results there.
+        callbacks += [EvalCallback(split, *model.get_inference_tensor_names(), logdir)
                       for split in cfg.DATA.VAL]
     return callbacks
 
 
 def make_trainer(is_horovod):
     if is_horovod:
-        from tensorpack.train import HorovodTrainer
-        return HorovodTrainer(average=False)
+        # Summed gradients, as the replicated trainer; rank 0's variables are broadcast at the start.
+        return training.make_horovod_trainer(average=False)
     if cfg.TRAIN.NUM_GPUS > 0:
         from tensorpack.train import SyncMultiGPUTrainerReplicated
         return SyncMultiGPUTrainerReplicated(cfg.TRAIN.NUM_GPUS, average=False, mode='nccl')
@@ -125,6 +129,9 @@ def main(argv=None):
     if is_horovod:
         import horovod.tensorflow as hvd
         rank = hvd.rank()
+        # Ranks start from different random variables (rank 0's are broadcast) and draw
+        # different random samples in the graph, reproducibly.
+        tf.set_random_seed(cfg.DATA.SEED + rank)
     is_chief = rank == 0
     towers = num_towers()
 
@@ -150,13 +157,18 @@ def main(argv=None):
     from data import get_train_dataflow
     model = build_model()
     train_dataflow = get_train_dataflow(rank=rank)
+    if is_horovod:
+        # The roidb source of the map step (MapData or the worker pool) shows which images this rank reads.
+        train_dataflow.ds = training.LogFirstDatapoints(
+            train_dataflow.ds, lambda roidb: os.path.basename(roidb['file_name']), count=4, rank=rank)
     total_images = cfg.TRAIN.LR_SCHEDULE[-1] * 8
     logger.info('Total passes over the training set: {:.5g}'.format(total_images / max(train_dataflow.size(), 1)))
 
     traincfg = TrainConfig(
         model=model,
         data=QueueInput(train_dataflow),
-        callbacks=make_callbacks(model, schedule, towers, on_gpu=num_visible_gpus() > 0),
+        callbacks=make_callbacks(model, schedule, towers, on_gpu=num_visible_gpus() > 0, logdir=args.logdir,
+                                 rank=rank if is_horovod else None),
         steps_per_epoch=cfg.TRAIN.STEPS_PER_EPOCH,
         max_epoch=schedule.max_epoch,
         session_init=make_session_init(args, resume_from, is_chief),

@@ -40,6 +40,10 @@ CATEGORIES = [{'id': 1, 'name': 'circle', 'supercategory': 'shape'},
               {'id': 3, 'name': 'triangle', 'supercategory': 'shape'}]
 # Bump when the drawing changes, so that data made by an older version gets regenerated.
 GENERATOR_VERSION = 1
+DEFAULT_NUM_TRAIN = 2000
+DEFAULT_NUM_VAL = 200
+DEFAULT_IMAGE_SIZE = 256
+DEFAULT_SEED = 0
 EMPTY_IMAGE_FRACTION = 0.1
 MAX_SHAPES = 5
 MIN_VISIBLE_FRACTION = 0.4   # of a shape's own area that must stay uncovered
@@ -226,9 +230,27 @@ def _why_regenerate(json_path, image_dir, wanted):
     return None
 
 
-def ensure_shapes_split(basedir, split, num_images, image_size, seed):
-    """Write the split unless an identical one is on disk already. Returns (json_path, image_dir)."""
+def _on_disk_info(json_path):
+    """The generator settings recorded in an existing split's json, or {}."""
+    try:
+        with open(json_path) as f:
+            return dict(json.load(f).get('info', {}))
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def ensure_shapes_split(basedir, split, num_images=None, image_size=None, seed=None):
+    """Write the split unless an identical one is on disk already. Returns (json_path, image_dir).
+
+    A setting left as None means "as the split on disk has it", or the default when there is
+    none, so `train.py` uses whatever `python -m dataset.shapes DIR --num-train ...` wrote.
+    """
     json_path, image_dir = _paths(basedir, split)
+    on_disk = _on_disk_info(json_path)
+    default_count = DEFAULT_NUM_TRAIN if split == 'train' else DEFAULT_NUM_VAL
+    num_images = num_images if num_images is not None else on_disk.get('num_images', default_count)
+    image_size = image_size if image_size is not None else on_disk.get('image_size', DEFAULT_IMAGE_SIZE)
+    seed = seed if seed is not None else on_disk.get('seed', DEFAULT_SEED)
     reason = _why_regenerate(json_path, image_dir, _generator_info(num_images, image_size, seed))
     if reason is not None:
         logger.info("Generating shapes_{}: {} images of {}px, because {}.".format(
@@ -243,8 +265,12 @@ def _make_split(basedir, split, num_images, image_size, seed):
                            prepare=lambda: ensure_shapes_split(basedir, split, num_images, image_size, seed))
 
 
-def register_shapes(basedir, num_train=2000, num_val=200, image_size=256, seed=0):
-    """Register shapes_train and shapes_val under `basedir`; nothing is written until used."""
+def register_shapes(basedir, num_train=None, num_val=None, image_size=None, seed=None):
+    """Register shapes_train and shapes_val under `basedir`; nothing is written until used.
+
+    None settings take what is on disk (see `ensure_shapes_split`), else the defaults
+    (DEFAULT_NUM_TRAIN / DEFAULT_NUM_VAL images of DEFAULT_IMAGE_SIZE px, seed DEFAULT_SEED).
+    """
     for split, count in (('train', num_train), ('val', num_val)):
         name = 'shapes_' + split
         DatasetRegistry.register(
@@ -257,10 +283,10 @@ def register_shapes(basedir, num_train=2000, num_val=200, image_size=256, seed=0
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Create the synthetic shapes dataset (if needed) and summarize it.")
     parser.add_argument('basedir', metavar='DIR')
-    parser.add_argument('--num-train', type=int, default=2000)
-    parser.add_argument('--num-val', type=int, default=200)
-    parser.add_argument('--size', type=int, default=256, help='image side in pixels')
-    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--num-train', type=int, default=DEFAULT_NUM_TRAIN)
+    parser.add_argument('--num-val', type=int, default=DEFAULT_NUM_VAL)
+    parser.add_argument('--size', type=int, default=DEFAULT_IMAGE_SIZE, help='image side in pixels')
+    parser.add_argument('--seed', type=int, default=DEFAULT_SEED)
     args = parser.parse_args(argv)
     register_shapes(args.basedir, args.num_train, args.num_val, args.size, args.seed)
     names = [c['name'] for c in CATEGORIES]

@@ -1,15 +1,20 @@
-"""Training-side helpers used by train.py: schedules, checkpoints to resume, loss watchdog.
+"""Training-side helpers used by train.py: schedules, checkpoints to resume, loss watchdog,
+and the Horovod trainer with its per-rank checks.
 
 Everything here takes its settings as arguments so it can be tested without a model.
 """
 import glob
+import hashlib
 import os
 import re
 from collections import namedtuple
 
 import numpy as np
 
-from utils.tf_compat import tf
+from utils.tf_compat import tf  # must come before tensorpack
+
+from tensorpack.dataflow import ProxyDataFlow
+from tensorpack.utils import logger
 
 Schedule = namedtuple('Schedule', ['warmup', 'epochs', 'max_epoch'])
 Schedule.__doc__ = """The learning-rate plan of one run, as tensorpack's setters take it.
@@ -180,3 +185,126 @@ def make_nonfinite_loss_callback():
             check_losses_finite(self.global_step, self._names, run_values.results)
 
     return StopOnNonFiniteLoss()
+
+
+# Horovod: per-rank checks and the trainer -----------------------------------------------
+# One stdout line per rank and moment; tests and people compare these across ranks.
+FINGERPRINT_LOG_RE = re.compile(
+    r'Rank (?P<rank>\d+) model variables (?P<when>[\w-]+): fingerprint (?P<fingerprint>[0-9a-f]+) '
+    r'over (?P<count>\d+) variables')
+FIRST_IMAGES_LOG_RE = re.compile(r'Rank (?P<rank>\d+) first training images: (?P<names>.*)$')
+
+
+def variables_fingerprint(named_values):
+    """A 16-hex-digit digest of [(name, numpy array), ...], independent of their order.
+
+    Equal fingerprints mean the same names, dtypes, shapes and bits (short of a sha1 collision).
+    """
+    digest = hashlib.sha1()
+    for name, value in sorted(named_values, key=lambda item: item[0]):
+        value = np.ascontiguousarray(value)
+        digest.update('{}|{}|{}|'.format(name, value.dtype.str, value.shape).encode('utf-8'))
+        digest.update(value.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def model_variables():
+    """The trainable variables and the other model state a checkpoint carries (e.g. BatchNorm's
+    moving statistics), without optimizer slots, counters or callbacks' summaries."""
+    by_name = {v.name: v for v in tf.trainable_variables() + tf.model_variables()}
+    return [by_name[name] for name in sorted(by_name)]
+
+
+def log_variables_fingerprint(sess, variables, rank, when):
+    """Fetch `variables` and log their fingerprint as one FINGERPRINT_LOG_RE line; returns it."""
+    values = sess.run(variables)
+    fingerprint = variables_fingerprint(zip([v.op.name for v in variables], values))
+    logger.info('Rank {} model variables {}: fingerprint {} over {} variables'.format(
+        rank, when, fingerprint, len(variables)))
+    return fingerprint
+
+
+class LogFirstDatapoints(ProxyDataFlow):
+    """Passes `ds` through unchanged and logs `describe(datapoint)` of its first `count`
+    datapoints, once per process, as one FIRST_IMAGES_LOG_RE line (shows what each rank reads)."""
+
+    def __init__(self, ds, describe, count, rank):
+        super().__init__(ds)
+        self._describe = describe
+        self._count = count
+        self._rank = rank
+        self._seen = []
+        self._logged = False
+
+    def _log(self):
+        self._logged = True
+        logger.info('Rank {} first training images: {}'.format(self._rank, ' '.join(self._seen)))
+
+    def __iter__(self):
+        for datapoint in self.ds:
+            if not self._logged:
+                self._seen.append(str(self._describe(datapoint)))
+                if len(self._seen) >= self._count:
+                    self._log()
+            yield datapoint
+        if not self._logged:
+            self._log()
+
+
+def make_fingerprint_callback(rank):
+    """A callback run by every rank: logs the model variables' fingerprint at the end of the last
+    epoch (before the trainer's epoch-end broadcast, so it shows the ranks stayed in step) and
+    after training."""
+    from tensorpack.callbacks import Callback
+
+    class LogVariablesFingerprint(Callback):
+        _chief_only = False
+
+        def _setup_graph(self):
+            self._variables = model_variables()
+
+        def _after_epoch(self):
+            if self.epoch_num == self.trainer.max_epoch:
+                log_variables_fingerprint(self.trainer.sess, self._variables, rank, 'last-epoch-before-broadcast')
+
+        def _after_train(self):
+            log_variables_fingerprint(self.trainer.sess, self._variables, rank, 'after-training')
+
+    return LogVariablesFingerprint()
+
+
+def make_horovod_trainer(average=False):
+    """tensorpack's HorovodTrainer, with an `initialize` that works on TF 2 and on CPUs.
+
+    tensorpack 0.11's own `initialize` calls `tf.global_variables`, which TF 2's top-level
+    module lacks, and pins each process to GPU `local_rank` even where there are none. This one
+    also logs every rank's fingerprint of its model variables after the session init and
+    before rank 0's values are broadcast, so a run shows the ranks did start apart.
+    """
+    import multiprocessing as mp
+
+    from tensorpack.tfutils.sesscreate import NewSessionCreator
+    from tensorpack.train import HorovodTrainer
+
+    from utils.tf_compat import num_visible_gpus
+
+    class CheckedHorovodTrainer(HorovodTrainer):
+        def initialize(self, session_creator, session_init):
+            # Created last so that they cover the variables callbacks have made.
+            self._num_global_variables = len(tf.global_variables())
+            self._broadcast_op = self.hvd.broadcast_global_variables(0)
+            variables = model_variables()
+            if not isinstance(session_creator, NewSessionCreator):
+                raise ValueError('HorovodTrainer needs a NewSessionCreator, got {}'.format(type(session_creator)))
+            if num_visible_gpus() > 0:
+                # One GPU per process; only possible before anything has touched CUDA.
+                session_creator.config.gpu_options.visible_device_list = str(self._local_rank)
+            session_creator.config.inter_op_parallelism_threads = max(mp.cpu_count() // self.hvd.local_size(), 1)
+            # tensorpack's base initialize, skipping HorovodTrainer's: the session, then rank 0's init
+            super(HorovodTrainer, self).initialize(session_creator, session_init)
+            log_variables_fingerprint(self.sess, variables, self._rank, 'after-init-before-broadcast')
+            logger.info('Rank {}: broadcasting rank 0\'s {} global variables ...'.format(
+                self._rank, self._num_global_variables))
+            self.sess.run(self._broadcast_op)
+
+    return CheckedHorovodTrainer(average=average)
