@@ -157,7 +157,8 @@ _derived('DATA.CLASS_NAMES', [], "NUM_CATEGORY + 1 names, 'BG' first, from the f
 _declare('DATA.ABSOLUTE_COORD', True, 'True: roidb boxes are pixels; False: fractions of the image size in [0, 1]')
 _declare('DATA.FILTER_EMPTY_ANNOTATIONS', True, 'drop training images that have no non-crowd box')
 _declare('DATA.NUM_WORKERS', 10, 'data-loading processes (per rank under Horovod); 0 loads in the main process')
-_declare('DATA.SEED', 42, '(new) seed of the training dataflow: shuffling and augmentation')
+_declare('DATA.SEED', 42, '(new) seed of shuffling and augmentation; Horovod rank r uses SEED + r, '
+         'also for its graph')
 
 # backbone --------------------------------------------------------------------------------
 _declare('BACKBONE.WEIGHTS', '', "an .npz or checkpoint to initialize from; '' trains from scratch "

@@ -14,13 +14,14 @@ import itertools
 import os
 import time
 
-from utils.tf_compat import tf  # noqa: F401  (must come before tensorpack)
+from utils.tf_compat import session_config  # must come before tensorpack
 
 import cv2
 import numpy as np
 import tqdm
 from tensorpack.predict import MultiTowerOfflinePredictor, OfflinePredictor, PredictConfig
 from tensorpack.tfutils import SmartInit
+from tensorpack.tfutils.sesscreate import NewSessionCreator
 from tensorpack.utils import logger
 
 from config import config as cfg, finalize_configs
@@ -49,6 +50,10 @@ def parse_args(argv=None):
         parser.error('nothing to do: give --evaluate, --predict, --visualize, --benchmark, --output-pb '
                      'or --output-serving')
     return args
+
+
+def _session_creator():
+    return NewSessionCreator(config=session_config())
 
 
 def build_model():
@@ -111,20 +116,18 @@ def do_predict(predictor, image_paths, output_dir):
 
 
 def do_visualize(model, model_path, output_dir, count):
-    from data import get_train_dataflow_for_visualization
+    from data import get_train_dataflow
     from viz import draw_visualization_grid
 
-    out_names = list(model.get_visualization_tensor_names()) if hasattr(model, 'get_visualization_tensor_names') \
-        else None
-    if out_names is None:
-        raise NotImplementedError('--visualize needs the model to name its proposal tensors.')
+    out_names = list(tensor_names.proposal_tensor_names(cfg.MODE_FPN)) + [tensor_names.FASTRCNN_ALL_SCORES] + \
+        list(tensor_names.OUTPUT_NAMES)
     predictor = OfflinePredictor(PredictConfig(
-        model=model, session_init=SmartInit(model_path),
-        input_names=[tensor_names.IMAGE, tensor_names.GT_BOXES, tensor_names.GT_LABELS], output_names=out_names))
-    dataflow = get_train_dataflow_for_visualization()
+        model=model, session_init=SmartInit(model_path), session_creator=_session_creator(),
+        input_names=[tensor_names.IMAGE], output_names=out_names))
+    dataflow = get_train_dataflow()   # resized and flipped like training images, with their gt boxes
     dataflow.reset_state()
     for idx, sample in enumerate(tqdm.tqdm(itertools.islice(dataflow, count), total=count, desc='visualize')):
-        outputs = predictor(sample['image'], sample['gt_boxes'], sample['gt_labels'])
+        outputs = predictor(sample[tensor_names.IMAGE])
         grid = draw_visualization_grid(sample, dict(zip(out_names, outputs)), cfg.DATA.CLASS_NAMES)
         cv2.imwrite(unused_path(os.path.join(output_dir, 'visualize'), '{:04d}'.format(idx)), grid)
 
@@ -138,7 +141,7 @@ def do_benchmark(predictor):
     dataflow.reset_state()
     images = 0
     start = None
-    for image, _ in tqdm.tqdm(dataflow, total=dataflow.size(), desc='benchmark ' + split):
+    for image, _ in tqdm.tqdm(dataflow, total=len(dataflow), desc='benchmark ' + split):
         predict_image(image, predictor, **inference_settings())
         images += 1
         if images == 1:
@@ -171,7 +174,7 @@ def main(argv=None):
         do_visualize(model, model_path, args.output_dir, args.num_visualize)
         model = build_model()
     pred_config = PredictConfig(
-        model=model, session_init=SmartInit(model_path),
+        model=model, session_init=SmartInit(model_path), session_creator=_session_creator(),
         input_names=model.get_inference_tensor_names()[0],
         output_names=model.get_inference_tensor_names()[1])
     if args.output_pb or args.output_serving:

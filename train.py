@@ -12,7 +12,7 @@ import os
 import shutil
 import time
 
-from utils.tf_compat import num_visible_gpus, tf  # must come before tensorpack
+from utils.tf_compat import num_visible_gpus, session_config, tf  # must come before tensorpack
 
 from tensorpack import QueueInput, TrainConfig, launch_train_with_config
 from tensorpack.callbacks import (
@@ -149,10 +149,13 @@ def main(argv=None):
         step = training.checkpoint_global_step(resume_from)
         starting_epoch = step // cfg.TRAIN.STEPS_PER_EPOCH + 1
         logger.info('Checkpoint {} is at step {}: continuing with epoch {}.'.format(resume_from, step, starting_epoch))
-        if starting_epoch > schedule.max_epoch:
-            logger.info('That checkpoint already finished the schedule ({} epochs); nothing to do.'
-                        .format(schedule.max_epoch))
-            return
+    if is_horovod:
+        # Only rank 0 looked for a checkpoint to resume; every rank must run the same epochs.
+        starting_epoch = training.broadcast_from_rank0(starting_epoch, 'starting_epoch')
+    if (resume_from or is_horovod) and starting_epoch > schedule.max_epoch:
+        logger.info('Epoch {} is past the end of the schedule ({} epochs); nothing to do.'
+                    .format(starting_epoch, schedule.max_epoch))
+        return
 
     from data import get_train_dataflow
     model = build_model()
@@ -172,6 +175,7 @@ def main(argv=None):
         steps_per_epoch=cfg.TRAIN.STEPS_PER_EPOCH,
         max_epoch=schedule.max_epoch,
         session_init=make_session_init(args, resume_from, is_chief),
+        session_config=session_config(),
         starting_epoch=starting_epoch,
     )
     launch_train_with_config(traincfg, make_trainer(is_horovod))

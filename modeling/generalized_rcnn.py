@@ -15,12 +15,12 @@ from utils.tf_compat import tf  # noqa: I001  (must come before tensorpack)
 
 from tensorpack import ModelDesc
 from tensorpack.models import GlobalAvgPooling, l2_regularizer, regularize_cost
-from tensorpack.tfutils import optimizer
 from tensorpack.tfutils.summary import add_moving_summary
 
 from config import config as cfg
 from utils import tensor_names as names
 from utils.np_box_ops import get_all_anchors, get_all_anchors_fpn
+from utils.training import AccumGradOptimizer
 
 from .backbone import image_preprocess, resnet_c4_backbone, resnet_conv5, resnet_fpn_backbone
 from .model_box import RPNAnchors, area, clip_boxes, crop_and_resize, roi_align
@@ -85,7 +85,8 @@ class GeneralizedRCNN(ModelDesc):
         # averaged) over towers and accumulation steps; lr / 8 makes that the average.
         opt = tf.train.MomentumOptimizer(lr / 8., 0.9)
         if cfg.TRAIN.ACCUMULATE_STEPS > 1:
-            opt = optimizer.AccumGradOptimizer(opt, cfg.TRAIN.ACCUMULATE_STEPS)
+            # ours, not tensorpack's: that one applies at racy steps, which lets Horovod ranks drift apart
+            opt = AccumGradOptimizer(opt, cfg.TRAIN.ACCUMULATE_STEPS)
         return opt
 
     def get_inference_tensor_names(self):

@@ -35,3 +35,12 @@ OUTPUT_MASKS = 'output/masks'      # float32 [R, M, M], probabilities (M=28 FPN,
 
 OUTPUT_NAMES = (OUTPUT_BOXES, OUTPUT_SCORES, OUTPUT_LABELS)
 OUTPUT_NAMES_WITH_MASKS = OUTPUT_NAMES + (OUTPUT_MASKS,)
+
+# Intermediate tensors of the inference graph, for predict.py --visualize ------------------
+FASTRCNN_ALL_SCORES = 'fastrcnn_all_scores'   # float32 [P, K + 1], one row per proposal
+
+
+def proposal_tensor_names(fpn):
+    """(boxes, probabilities) of the RPN proposals: float32 [P, 4] and [P]."""
+    scope = 'generate_fpn_proposals' if fpn else 'generate_rpn_proposals'
+    return scope + '/boxes', scope + '/probs'

@@ -81,3 +81,19 @@ def default_data_format():
     The variables are the same in both layouts, so checkpoints move freely.
     """
     return 'NCHW' if num_visible_gpus() > 0 else 'NHWC'
+
+
+def session_config():
+    """tensorpack's default session config, plus the per-device adjustments.
+
+    Without a GPU, Grappler's memory optimizer has nothing to do (it swaps GPU memory to the
+    host) but still runs a cost model that logs an error for every crop_and_resize op of
+    unknown shape: it is switched off there.
+    """
+    from tensorflow.core.protobuf import rewriter_config_pb2
+    from tensorpack.tfutils.common import get_default_sess_config
+
+    config = get_default_sess_config()
+    if num_visible_gpus() == 0:
+        config.graph_options.rewrite_options.memory_optimization = rewriter_config_pb2.RewriterConfig.OFF
+    return config

@@ -14,6 +14,7 @@ import numpy as np
 from utils.tf_compat import tf  # must come before tensorpack
 
 from tensorpack.dataflow import ProxyDataFlow
+from tensorpack.tfutils.optimizer import ProxyOptimizer
 from tensorpack.utils import logger
 
 Schedule = namedtuple('Schedule', ['warmup', 'epochs', 'max_epoch'])
@@ -49,6 +50,47 @@ def compute_schedule(*, base_lr, warmup_steps, warmup_init_lr, lr_schedule, step
             'TRAIN.STEPS_PER_EPOCH={}; lower STEPS_PER_EPOCH or lengthen the schedule.'
             .format(lr_schedule[-1], factor, towers, steps_per_epoch))
     return Schedule(warmup, epochs, max_epoch)
+
+
+# gradient accumulation -------------------------------------------------------------------
+class AccumGradOptimizer(ProxyOptimizer):
+    """Sums the gradients of `steps` consecutive steps and lets `opt` apply the sum once, in the
+    last of them (every step that is a multiple of `steps`, counting from the first).
+
+    Its variables are those of tensorpack's AccumGradOptimizer (a slot `<var>/AccumGrad` per
+    variable and `AccumGrad/counter`), so checkpoints carry over. tensorpack's version decides
+    whether to apply from a read of the counter that is not ordered after the counter's
+    increment: a step may apply one step early or twice, at random. Under Horovod that makes
+    the ranks drift apart; here the decision reads the incremented counter.
+    """
+
+    def __init__(self, opt, steps):
+        if steps < 1:
+            raise ValueError('AccumGradOptimizer: steps must be at least 1, got {}'.format(steps))
+        super().__init__(opt, name='AccumGrad')
+        self._steps = int(steps)
+
+    def apply_gradients(self, grads_and_vars, global_step=None, name=None):
+        pairs = [(grad, var) for grad, var in grads_and_vars if grad is not None]
+        variables = [var for _, var in pairs]
+        with tf.control_dependencies(None):   # state lives outside any tower's control context
+            sums = [self._zeros_slot(var, 'accum', self._name) for var in variables]
+            with tf.variable_scope(self._name), tf.device('/cpu:0'):
+                counter = tf.Variable(0, name='counter', trainable=False, dtype=tf.int32)
+        with tf.name_scope('AccumGradOptimizer'):
+            added = [total.assign_add(grad) for total, (grad, _) in zip(sums, pairs)]
+            with tf.control_dependencies(added):
+                count = tf.identity(tf.assign_add(counter, 1, name='update_counter'), name='count')
+
+            def apply_and_reset():
+                applied = self._opt.apply_gradients(list(zip(sums, variables)))
+                with tf.control_dependencies([applied]):
+                    return tf.group(*[total.assign(tf.zeros_like(total)) for total in sums])
+
+            with tf.control_dependencies([count]):
+                op = tf.cond(tf.equal(count % self._steps, 0), apply_and_reset, tf.no_op)
+            step_ops = [] if global_step is None else [tf.assign_add(global_step, 1)]
+            return tf.group(op, *step_ops, name=name or 'cond_update_grad')
 
 
 # checkpoints -----------------------------------------------------------------------------
@@ -273,20 +315,39 @@ def make_fingerprint_callback(rank):
     return LogVariablesFingerprint()
 
 
-def make_horovod_trainer(average=False):
-    """tensorpack's HorovodTrainer, with an `initialize` that works on TF 2 and on CPUs.
+def broadcast_from_rank0(value, name):
+    """Rank 0's int `value`, returned on every Horovod rank (`name` must be the same on all).
+
+    Runs before the trainer, in a graph of its own, with a session configured as the trainer's
+    will be (tensorpack's defaults, this rank's GPU only): a session seeing all GPUs first would
+    break the one-GPU-per-process setup.
+    """
+    import horovod.tensorflow as hvd
+    from utils.tf_compat import session_config
+
+    config = session_config()
+    config.gpu_options.visible_device_list = str(hvd.local_rank())
+    with tf.Graph().as_default():
+        with tf.device('/cpu:0'):
+            result = hvd.broadcast(tf.constant(int(value), dtype=tf.int64), root_rank=0, name=name)
+        with tf.Session(config=config) as sess:
+            return int(sess.run(result))
+
+
+def make_horovod_trainer(average):
+    """tensorpack's HorovodTrainer (summed gradients unless `average`), with an `initialize`
+    that works on TF 2.
 
     tensorpack 0.11's own `initialize` calls `tf.global_variables`, which TF 2's top-level
-    module lacks, and pins each process to GPU `local_rank` even where there are none. This one
-    also logs every rank's fingerprint of its model variables after the session init and
-    before rank 0's values are broadcast, so a run shows the ranks did start apart.
+    module lacks; this one does the same through tf.compat.v1: pin the process to GPU
+    `local_rank` (CPU-only TensorFlow ignores it), create the session, run the session init on
+    rank 0, broadcast rank 0's variables. Before the broadcast every rank logs the fingerprint
+    of its model variables, so a run shows the ranks did start apart.
     """
     import multiprocessing as mp
 
     from tensorpack.tfutils.sesscreate import NewSessionCreator
     from tensorpack.train import HorovodTrainer
-
-    from utils.tf_compat import num_visible_gpus
 
     class CheckedHorovodTrainer(HorovodTrainer):
         def initialize(self, session_creator, session_init):
@@ -296,9 +357,8 @@ def make_horovod_trainer(average=False):
             variables = model_variables()
             if not isinstance(session_creator, NewSessionCreator):
                 raise ValueError('HorovodTrainer needs a NewSessionCreator, got {}'.format(type(session_creator)))
-            if num_visible_gpus() > 0:
-                # One GPU per process; only possible before anything has touched CUDA.
-                session_creator.config.gpu_options.visible_device_list = str(self._local_rank)
+            # One GPU per process (only possible before anything touched CUDA); ignored without GPUs.
+            session_creator.config.gpu_options.visible_device_list = str(self._local_rank)
             session_creator.config.inter_op_parallelism_threads = max(mp.cpu_count() // self.hvd.local_size(), 1)
             # tensorpack's base initialize, skipping HorovodTrainer's: the session, then rank 0's init
             super(HorovodTrainer, self).initialize(session_creator, session_init)
