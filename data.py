@@ -170,6 +170,18 @@ def get_rpn_anchor_input(image_shape_hw, boxes, is_crowd, anchor_grid, params, r
 
 
 # the per-image training map function --------------------------------------------------------
+def anchor_input_entries(anchor_inputs, mode_fpn):
+    """[(labels, boxes) per level] -> {input name: array}, named as the model reads them."""
+    if not mode_fpn:
+        labels, boxes = anchor_inputs[0]
+        return {tensor_names.C4_ANCHOR_LABELS: labels, tensor_names.C4_ANCHOR_BOXES: boxes}
+    entries = {}
+    for level, (labels, boxes) in zip(tensor_names.FPN_LEVELS, anchor_inputs):
+        entries[tensor_names.fpn_anchor_labels(level)] = labels
+        entries[tensor_names.fpn_anchor_boxes(level)] = boxes
+    return entries
+
+
 def _derive_seed(*key):
     """A 32-bit seed from a tuple of ints (None entries draw fresh OS entropy)."""
     if any(k is None for k in key):
@@ -320,12 +332,7 @@ class TrainingMapper:
             image.shape[:2], boxes, is_crowd, state.grids, self.anchor_params, state.sampling_rng,
             inside=self._inside_anchors(state, image.shape[:2]))
         datapoint = {tensor_names.IMAGE: image}
-        if self.mode_fpn:
-            for level, (level_labels, level_boxes) in zip(tensor_names.FPN_LEVELS, anchor_inputs):
-                datapoint[tensor_names.fpn_anchor_labels(level)] = level_labels
-                datapoint[tensor_names.fpn_anchor_boxes(level)] = level_boxes
-        else:
-            datapoint[tensor_names.C4_ANCHOR_LABELS], datapoint[tensor_names.C4_ANCHOR_BOXES] = anchor_inputs[0]
+        datapoint.update(anchor_input_entries(anchor_inputs, self.mode_fpn))
         datapoint[tensor_names.GT_BOXES] = boxes[is_crowd == 0]
         datapoint[tensor_names.GT_LABELS] = non_crowd_labels.astype(np.int64)
         if self.mode_mask:

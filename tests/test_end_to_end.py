@@ -191,18 +191,17 @@ def test_resume_skips_a_truncated_checkpoint_and_continues(trained, tmp_path):
     with open(os.path.join(logdir, data_file), 'r+b') as f:
         f.truncate(64)
 
-    # Two more epochs than the first run: LR_SCHEDULE grows by 2 * STEPS_PER_EPOCH / 8.
-    longer = [c for c in trained['config'] if not c.startswith('TRAIN.LR_SCHEDULE')]
-    longer.append('TRAIN.LR_SCHEDULE=[35,35,{}]'.format((TRAIN_EPOCHS + 2) * STEPS_PER_EPOCH // 8))
-    proc = run_script(['train.py', '--logdir', logdir, '--config'] + longer)
+    # The same schedule: training must pick up after the newest *complete* checkpoint and redo the rest.
+    proc = run_script(['train.py', '--logdir', logdir, '--config'] + trained['config'])
     resumed_step = last - 2 * STEPS_PER_EPOCH     # CHECKPOINT_PERIOD=2: the previous checkpoint
     assert 'Skipping incomplete or unreadable checkpoint' in proc.stdout
     assert 'model-{}'.format(resumed_step) in re.search(r'Resuming from (\S+)', proc.stdout).group(1)
     assert 'continuing with epoch {}'.format(resumed_step // STEPS_PER_EPOCH + 1) in proc.stdout
+    assert 'Epoch {} (global_step {}) finished'.format(TRAIN_EPOCHS, last) in proc.stdout
 
     from utils.training import checkpoint_global_step, latest_complete_checkpoint
     newest = latest_complete_checkpoint(logdir)
-    assert checkpoint_global_step(newest) == (TRAIN_EPOCHS + 2) * STEPS_PER_EPOCH
+    assert newest.endswith('model-{}'.format(last)) and checkpoint_global_step(newest) == last
 
 
 def test_non_finite_loss_stops_training_with_a_clear_message(shapes_dir, tmp_path):
@@ -215,3 +214,14 @@ def test_non_finite_loss_stops_training_with_a_clear_message(shapes_dir, tmp_pat
     assert match, proc.stdout[-3000:]
     assert int(match.group(1)) <= 3
     assert 'total_cost=' in match.group(2)
+
+
+def test_visualize_and_benchmark(trained, tmp_path):
+    proc = run_script(['predict.py', '--load', trained['logdir'], '--visualize', '--num-visualize', '2',
+                       '--benchmark', '--output-dir', str(tmp_path), '--config'] + trained['config'])
+    import cv2
+    grids = sorted((tmp_path / 'visualize').iterdir())
+    assert [p.name for p in grids] == ['0000.png', '0001.png']
+    grid = cv2.imread(str(grids[0]))
+    assert grid.shape[0] >= 2 * 160 and grid.shape[1] >= 2 * 160     # 2x2 panels of the 160 px images
+    assert re.search(r'shapes_val: [\d.]+ images/second', proc.stdout)

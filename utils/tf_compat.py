@@ -65,6 +65,13 @@ if TF_VERSION[0] >= 2:
 
 tf = _tf.compat.v1
 
+if TF_VERSION[0] >= 2:
+    # tensorpack's ModelExporter (predict.py --output-pb) calls the TF1 function through the
+    # internal module, which no longer has it; the v1 API still does.
+    from tensorflow.python.framework import graph_util as _graph_util
+    if not hasattr(_graph_util, 'convert_variables_to_constants'):
+        _graph_util.convert_variables_to_constants = tf.graph_util.convert_variables_to_constants
+
 
 def num_visible_gpus():
     """Number of GPUs this process may use (0 on a CPU-only machine)."""
@@ -86,14 +93,18 @@ def default_data_format():
 def session_config():
     """tensorpack's default session config, plus the per-device adjustments.
 
-    Without a GPU, Grappler's memory optimizer has nothing to do (it swaps GPU memory to the
-    host) but still runs a cost model that logs an error for every crop_and_resize op of
-    unknown shape: it is switched off there.
+    Without a GPU:
+    - tensorpack's default of one thread per op (right when the CPU only feeds GPUs) would run
+      every convolution on a single core: let TensorFlow use all of them instead;
+    - Grappler's memory optimizer has nothing to do (it swaps GPU memory to the host) but
+      still runs a cost model that logs an error for every crop_and_resize op of unknown
+      shape: it is switched off.
     """
     from tensorflow.core.protobuf import rewriter_config_pb2
     from tensorpack.tfutils.common import get_default_sess_config
 
     config = get_default_sess_config()
     if num_visible_gpus() == 0:
+        config.intra_op_parallelism_threads = 0    # 0: as many as there are cores
         config.graph_options.rewrite_options.memory_optimization = rewriter_config_pb2.RewriterConfig.OFF
     return config

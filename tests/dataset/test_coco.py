@@ -1,6 +1,5 @@
 """COCO-format splits on tiny hand-written jsons: conversion, bad input, ids, evaluation."""
 import json
-import logging
 
 import cv2
 import numpy as np
@@ -27,16 +26,6 @@ def write_split(tmp_path, images, annotations, categories=CATEGORIES, skip_files
     json_path = tmp_path / 'annotations' / 'instances_toy.json'
     json_path.write_text(json.dumps({'images': images, 'annotations': annotations, 'categories': categories}))
     return COCOFormatSplit(str(json_path), str(tmp_path / 'toy'), name='toy')
-
-
-@pytest.fixture
-def log_messages():
-    records = []
-    handler = logging.Handler()
-    handler.emit = lambda record: records.append(record.getMessage())
-    logging.getLogger('tensorpack').addHandler(handler)
-    yield records
-    logging.getLogger('tensorpack').removeHandler(handler)
 
 
 def _ann(ann_id, image_id, category_id, bbox, segmentation=None, **extra):

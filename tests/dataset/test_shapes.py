@@ -1,6 +1,5 @@
 """The synthetic shapes dataset: exact annotations, determinism, lazy and cached generation."""
 import json
-import logging
 import os
 
 import cv2
@@ -22,16 +21,6 @@ def _rasterize(polygons, size):
 def registry(monkeypatch):
     monkeypatch.setattr(DatasetRegistry, '_registry', {})
     monkeypatch.setattr(DatasetRegistry, '_metadata', {})
-
-
-@pytest.fixture
-def log_messages():
-    records = []
-    handler = logging.Handler()
-    handler.emit = lambda record: records.append(record.getMessage())
-    logging.getLogger('tensorpack').addHandler(handler)
-    yield records
-    logging.getLogger('tensorpack').removeHandler(handler)
 
 
 def test_mask_to_polygons_follows_pixel_edges():

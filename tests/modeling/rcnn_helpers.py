@@ -6,7 +6,7 @@ from utils.tf_compat import tf  # noqa: I001  (must come before tensorpack)
 from tensorpack.tfutils.tower import TowerContext
 
 from config import config as cfg, finalize_configs
-from data import AnchorLabelParams, get_multilevel_rpn_anchor_input
+from data import AnchorLabelParams, anchor_input_entries, get_multilevel_rpn_anchor_input
 from dataset import DatasetRegistry
 from utils import tensor_names as names
 from utils.np_box_ops import get_all_anchors, get_all_anchors_fpn
@@ -85,12 +85,7 @@ def synthetic_datapoint(boxes=((20, 30, 70, 90), (80, 40, 120, 100)), labels=Non
     anchor_inputs = get_multilevel_rpn_anchor_input(shape_hw, boxes, is_crowd, grids, params, rng)
 
     datapoint = {names.IMAGE: image}
-    if cfg.MODE_FPN:
-        for level, (level_labels, level_boxes) in zip(names.FPN_LEVELS, anchor_inputs):
-            datapoint[names.fpn_anchor_labels(level)] = level_labels
-            datapoint[names.fpn_anchor_boxes(level)] = level_boxes
-    else:
-        datapoint[names.C4_ANCHOR_LABELS], datapoint[names.C4_ANCHOR_BOXES] = anchor_inputs[0]
+    datapoint.update(anchor_input_entries(anchor_inputs, cfg.MODE_FPN))
     keep = is_crowd == 0
     datapoint[names.GT_BOXES] = boxes[keep]
     datapoint[names.GT_LABELS] = labels[keep].astype(np.int64)
