@@ -225,3 +225,18 @@ def test_visualize_and_benchmark(trained, tmp_path):
     grid = cv2.imread(str(grids[0]))
     assert grid.shape[0] >= 2 * 160 and grid.shape[1] >= 2 * 160     # 2x2 panels of the 160 px images
     assert re.search(r'shapes_val: [\d.]+ images/second', proc.stdout)
+
+
+def test_load_skips_and_lists_variables_of_another_class_count(trained, tmp_path):
+    # The shapes model (3 classes) fine-tuned on balloons (1 class): class-specific layers differ.
+    run_script(['-m', 'dataset.balloon', '--make-demo', str(tmp_path / 'data'), '--num-train', '4',
+                '--num-val', '2', '--size', '160'])
+    config = [c for c in TINY_MODEL if not c.startswith('DATA.')] + [
+        'DATA.BASEDIR={}'.format(tmp_path / 'data' / 'balloon'), 'DATA.TRAIN=balloon_train',
+        'DATA.VAL=balloon_val', 'DATA.NUM_WORKERS=0', 'TRAIN.STEPS_PER_EPOCH=4', 'TRAIN.LR_SCHEDULE=[1,1,1]']
+    proc = run_script(['train.py', '--load', trained['logdir'], '--logdir', str(tmp_path / 'finetune'),
+                       '--config'] + config)
+    skipped = set(re.findall(r"Cannot load an array of shape \S+ into variable '([^']+)'", proc.stdout))
+    assert {'fastrcnn/outputs/class/W', 'fastrcnn/outputs/box/W', 'maskrcnn/conv/W'} <= skipped
+    assert not any(name.startswith(('group', 'fpn/', 'rpn/')) for name in skipped)
+    assert (tmp_path / 'finetune' / 'checkpoint').is_file()
