@@ -12,7 +12,7 @@ import os
 import shutil
 import time
 
-from utils.tf_compat import num_visible_gpus, session_config, tf  # must come before tensorpack
+from utils.tf_compat import num_visible_gpus, onednn_status, session_config, tf  # must come before tensorpack
 
 from tensorpack import QueueInput, TrainConfig, launch_train_with_config
 from tensorpack.callbacks import (
@@ -140,6 +140,7 @@ def main(argv=None):
         base_lr=cfg.TRAIN.BASE_LR, warmup_steps=cfg.TRAIN.WARMUP, warmup_init_lr=cfg.TRAIN.WARMUP_INIT_LR,
         lr_schedule=cfg.TRAIN.LR_SCHEDULE, steps_per_epoch=cfg.TRAIN.STEPS_PER_EPOCH, towers=towers)
     logger.info('Towers: {}, gradient accumulation: {} step(s)'.format(towers, cfg.TRAIN.ACCUMULATE_STEPS))
+    logger.info(onednn_status())
     logger.info('Warm Up Schedule (steps, value): ' + str(schedule.warmup))
     logger.info('LR Schedule (epochs, value): ' + str(schedule.epochs))
     logger.info('Max epoch: {}'.format(schedule.max_epoch))

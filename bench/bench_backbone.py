@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from utils.tf_compat import tf  # noqa: E402
+from utils.tf_compat import onednn_status, tf  # noqa: E402
 
 from tensorpack.tfutils.tower import TowerContext  # noqa: E402
 
@@ -23,6 +23,7 @@ NUM_BLOCKS = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}
 
 
 def main():
+    print(onednn_status())
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--depth', type=int, default=50, choices=sorted(NUM_BLOCKS))
     parser.add_argument('--size', type=int, nargs=2, default=[800, 1088], metavar=('H', 'W'))

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from utils.tf_compat import tf  # noqa: E402
+from utils.tf_compat import onednn_status, tf  # noqa: E402
 
 from tensorpack.tfutils.tower import PredictTowerContext  # noqa: E402
 
@@ -103,6 +103,7 @@ def traced_run(sess, outputs, feed):
 
 
 def main():
+    print(onednn_status())
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--size', type=int, nargs=2, default=[800, 1216], metavar=('H', 'W'))
     parser.add_argument('--runs', type=int, default=3)

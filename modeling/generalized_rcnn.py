@@ -52,6 +52,24 @@ def _decode_clip():
     return float(np.log(cfg.PREPROC.MAX_SIZE / 16.))
 
 
+def run_on_nonempty_batch(head, roi_features):
+    """head(roi_features), computed on at least one row and cut back to the R rows given.
+
+    roi_features: float32 [R, ...]. A roi head gets no rows when an image has no usable gt and no
+    proposal survives, or when inference keeps no detection. oneDNN's convolution kernels (TF's
+    default on CPUs with AVX512_VNNI/BF16/AMX) get R == 0 wrong: the forward conv returns a tensor
+    shaped like its input, and the filter gradient fused with the bias gradient loses an output. So
+    an empty batch is padded with one all-zero row. The slice drops that row's output, so its
+    gradient is zero, and a non-empty batch is computed exactly as before.
+    """
+    num_rois = tf.shape(roi_features)[0]
+    pad_rows = tf.maximum(1 - num_rois, 0)
+    paddings = tf.concat([[[0, pad_rows]], tf.zeros([roi_features.shape.ndims - 1, 2], tf.int32)], axis=0)
+    padded = tf.pad(roi_features, paddings)
+    padded.set_shape(roi_features.shape)   # a computed padding would lose the static shape
+    return head(padded)[:num_rois]
+
+
 def _rpn_topk(training):
     """(pre-NMS top-k, post-NMS top-k, per-level top-k) of the RPN proposals."""
     prefix = 'TRAIN_' if training else 'TEST_'
@@ -141,7 +159,8 @@ class GeneralizedRCNN(ModelDesc):
         if self.training:
             losses = box_head.losses()
             if cfg.MODE_MASK:
-                mask_logits = self.mask_head(mask_roi_features(proposals.fg_boxes, proposals.fg_inds))
+                mask_logits = run_on_nonempty_batch(
+                    self.mask_head, mask_roi_features(proposals.fg_boxes, proposals.fg_inds))
                 target_masks = crop_and_resize(
                     tf.expand_dims(tf.cast(targets.masks, tf.float32), 3), proposals.fg_boxes,
                     proposals.fg_inds_wrt_gt, self.MASK_SIZE, 'NHWC', pad_border=False)
@@ -159,7 +178,7 @@ class GeneralizedRCNN(ModelDesc):
         tf.identity(labels, name=names.OUTPUT_LABELS)
         if cfg.MODE_MASK:
             # Only the (at most RESULTS_PER_IM) final detections go through the mask head.
-            mask_logits = self.mask_head(mask_roi_features(boxes, None))
+            mask_logits = run_on_nonempty_batch(self.mask_head, mask_roi_features(boxes, None))
             tf.sigmoid(select_class_masks(mask_logits, labels), name=names.OUTPUT_MASKS)
         return []
 
@@ -201,7 +220,9 @@ class ResNetC4Model(GeneralizedRCNN):
         return BoxProposals(proposal_boxes), losses
 
     def _conv5(self, roi_features):
-        return resnet_conv5(roi_features, cfg.BACKBONE.RESNET_NUM_BLOCKS[-1], **_backbone_options())
+        def conv5(features):
+            return resnet_conv5(features, cfg.BACKBONE.RESNET_NUM_BLOCKS[-1], **_backbone_options())
+        return run_on_nonempty_batch(conv5, roi_features)
 
     def _roi_conv5(self, featuremap, boxes):
         """group3 on the 14x14 ROIAlign of `boxes`: [N, 7, 7, 2048] (or NCHW)."""
@@ -287,8 +308,10 @@ class ResNetFPNModel(GeneralizedRCNN):
         head_func = get_box_head(cfg.FPN.FRCNN_HEAD_FUNC)
 
         def box_head_func(scope, roi_features):
-            return head_func(scope, roi_features, conv_dim=cfg.FPN.FRCNN_CONV_HEAD_DIM,
-                             fc_dim=cfg.FPN.FRCNN_FC_HEAD_DIM, data_format=data_format)
+            def head(features):
+                return head_func(scope, features, conv_dim=cfg.FPN.FRCNN_CONV_HEAD_DIM,
+                                 fc_dim=cfg.FPN.FRCNN_FC_HEAD_DIM, data_format=data_format)
+            return run_on_nonempty_batch(head, roi_features)
 
         def roi_func(boxes):
             return multilevel_roi_align(p2345, boxes, 7, data_format)

@@ -6,6 +6,12 @@ import pytest
 from config import reset_config
 
 
+def pytest_report_header(config):
+    """Which oneDNN setting this run tests (make test runs the model tests with both)."""
+    from utils.tf_compat import onednn_status
+    return onednn_status()
+
+
 @pytest.fixture(autouse=True)
 def _default_config():
     reset_config()

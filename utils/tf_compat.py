@@ -108,3 +108,36 @@ def session_config():
         config.intra_op_parallelism_threads = 0    # 0: as many as there are cores
         config.graph_options.rewrite_options.memory_optimization = rewriter_config_pb2.RewriterConfig.OFF
     return config
+
+
+# CPU flags for which TF 2.15's x86 wheels turn oneDNN on when TF_ENABLE_ONEDNN_OPTS is unset.
+_ONEDNN_DEFAULT_CPU_FLAGS = ('avx512_vnni', 'avx512_bf16', 'avx_vnni', 'amx_tile', 'amx_int8', 'amx_bf16')
+
+
+def _cpu_flags():
+    try:
+        with open('/proc/cpuinfo') as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith('flags'):
+                    return set(line.split(':', 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def onednn_enabled():
+    """Whether this process runs TensorFlow's oneDNN CPU kernels (as TensorFlow itself decided)."""
+    from tensorflow.python.util import _pywrap_util_port
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
+def onednn_status():
+    """A log line saying whether oneDNN is on and why, e.g. 'oneDNN: on (TF_ENABLE_ONEDNN_OPTS=1)'."""
+    setting = os.environ.get('TF_ENABLE_ONEDNN_OPTS')
+    if setting is not None:
+        reason = 'TF_ENABLE_ONEDNN_OPTS={}'.format(setting)
+    else:
+        flags = sorted(_cpu_flags().intersection(_ONEDNN_DEFAULT_CPU_FLAGS))
+        cpu = 'a CPU with ' + ', '.join(flags) if flags else 'a CPU without ' + '/'.join(_ONEDNN_DEFAULT_CPU_FLAGS)
+        reason = "TensorFlow's default on {}; TF_ENABLE_ONEDNN_OPTS=0 or 1 chooses".format(cpu)
+    return 'oneDNN: {} ({})'.format('on' if onednn_enabled() else 'off', reason)
