@@ -283,13 +283,18 @@ def test_data_workers_and_resource_tracker_die_with_a_killed_parent(tmp_path):
         parent.wait()
 
 
-def test_killing_both_workers_stops_training_at_once_with_a_clear_error(tmp_path, train_runs):
-    basedir = write_coco_split(tmp_path / 'data')
-    run = TrainRun(tmp_path, basedir, TINY_C4 + LONG_SCHEDULE + ['DATA.NUM_WORKERS=2'])
+def _training_with_two_workers(tmp_path, train_runs, wait_for):
+    """A never-ending run with DATA.NUM_WORKERS=2, once it logged `wait_for`: (run, workers, tracker)."""
+    run = TrainRun(tmp_path, write_coco_split(tmp_path / 'data'), TINY_C4 + LONG_SCHEDULE + ['DATA.NUM_WORKERS=2'])
     train_runs.append(run)
-    run.wait_for_line('Start Epoch 1 ')
+    run.wait_for_line(wait_for)
     data_workers, resource_tracker = run.children()
     assert len(data_workers) == 2 and len(resource_tracker) == 1
+    return run, data_workers, resource_tracker
+
+
+def test_killing_both_workers_stops_training_at_once_with_a_clear_error(tmp_path, train_runs):
+    run, data_workers, resource_tracker = _training_with_two_workers(tmp_path, train_runs, 'Start Epoch 1 ')
     for worker in data_workers:
         worker.kill()
     assert run.wait() == failures.EXIT_FAILED
@@ -300,11 +305,8 @@ def test_killing_both_workers_stops_training_at_once_with_a_clear_error(tmp_path
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_non_zero(tmp_path, train_runs):
-    basedir = write_coco_split(tmp_path / 'data')
-    run = TrainRun(tmp_path, basedir, TINY_C4 + LONG_SCHEDULE + ['DATA.NUM_WORKERS=2'])
-    train_runs.append(run)
-    run.wait_for_line('Epoch 1 (global_step 2) finished')
-    data_workers, resource_tracker = run.children()
+    run, data_workers, resource_tracker = _training_with_two_workers(
+        tmp_path, train_runs, 'Epoch 1 (global_step 2) finished')
     os.killpg(run.proc.pid, signal.SIGTERM)   # as a scheduler does: the whole process group
     assert run.wait() == failures.EXIT_SIGTERM, run.output()[-4000:]
     last = run.last_line()
