@@ -175,8 +175,9 @@ class SpawnMultiProcessMapData(MultiProcessMapDataZMQ):
     Failures surface here, in the process that iterates, as RuntimeError: a datapoint
     {WORKER_FAILURE_KEY: text} coming back from a worker (where tensorpack would leave the
     parent waiting forever for a worker that died of an exception), and a worker process that
-    is gone (killed, out of memory), noticed within `poll_seconds`, where tensorpack would go on
-    with fewer workers or, with none left, wait forever.
+    is gone (killed, out of memory), noticed within `poll_seconds` while waiting for data, where
+    tensorpack would go on with fewer workers or, with none left, wait forever. `worker_failure()`
+    lets others ask at any time.
 
     Workers die with this process, also when it is killed with SIGKILL (utils/workers.py), and
     ignore SIGTERM and SIGINT: a scheduler's SIGTERM to the whole process group must leave them
@@ -217,13 +218,26 @@ class SpawnMultiProcessMapData(MultiProcessMapDataZMQ):
     def _check_workers(self):
         if self._closing:
             raise DataFlowTerminated()
+        failure = self.worker_failure()
+        if failure is not None:
+            raise failure
+
+    def worker_failure(self):
+        """A RuntimeError naming the first worker process that is gone, or None while all run.
+
+        Cheap (one non-blocking wait per worker): a trainer may ask after every step, which
+        catches a dead worker even while the input queue is full and nobody iterates.
+        """
+        if self._closing:
+            return None
         for index, proc in enumerate(self._procs):
             if proc.exitcode is not None:
-                raise RuntimeError(
+                return RuntimeError(
                     "Data worker {} of {} (pid {}) died: {}. Training stops rather than go on with fewer "
                     "workers. A kill by SIGKILL without anyone sending it is often the out-of-memory killer "
                     "(see `dmesg`): lower DATA.NUM_WORKERS.".format(
                         index, len(self._procs), proc.pid, describe_exitcode(proc.exitcode)))
+        return None
 
     def __iter__(self):
         for datapoint in super().__iter__():

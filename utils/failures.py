@@ -60,8 +60,9 @@ def one_line(err):
 class InputFailureRecorder(ProxyDataFlow):
     """Passes `ds` through and keeps the exception that ended its iteration, in `failure`.
 
-    tensorpack's input thread only logs such an exception; the trainer's main thread reads
-    `failure` (see TrainingGuard).
+    tensorpack's input thread only logs such an exception; the trainer's main thread asks
+    `error()` (see TrainingGuard), which also asks `ds.worker_failure()` if `ds` has it: a
+    worker can die while the input thread waits for room in a full queue.
     """
 
     def __init__(self, ds):
@@ -79,10 +80,13 @@ class InputFailureRecorder(ProxyDataFlow):
 
     def error(self):
         """An InputPipelineError for the recorded failure, or None."""
-        if self.failure is None:
+        failure = self.failure
+        if failure is None and hasattr(self.ds, 'worker_failure'):
+            failure = self.ds.worker_failure()
+        if failure is None:
             return None
-        error = InputPipelineError('The training data stopped: {}'.format(one_line(self.failure)))
-        error.__cause__ = self.failure
+        error = InputPipelineError('The training data stopped: {}'.format(one_line(failure)))
+        error.__cause__ = failure
         return error
 
 
