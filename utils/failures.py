@@ -158,6 +158,8 @@ class TrainingGuard(Callback):
     def _before_train(self):
         if self._sigterm is not None:
             self._sigterm.in_training_loop = True
+        if self.trainer.starting_epoch > self.trainer.max_epoch:   # no epoch to run
+            self.completed = True
 
     def _trigger_step(self):
         if self._sigterm is not None and self._sigterm.received:
@@ -186,13 +188,15 @@ class TrainingGuard(Callback):
         raise StopRequested('Stopped by SIGTERM at global_step={}: {}'.format(step, where))
 
     def raise_if_incomplete(self):
-        """After the trainer returned: raise if training stopped before the end of its schedule."""
+        """After the trainer returned: raise if training stopped before the end of its schedule
+        (a failure of the input after the last step does not count)."""
+        if self.completed:
+            return
         error = self._recorder.error()
         if error is not None:
             raise error
-        if not self.completed:
-            raise RuntimeError('Training stopped at global_step={} before the end of its schedule ({} epochs); '
-                               'the log above says why.'.format(self.global_step, self.trainer.max_epoch))
+        raise RuntimeError('Training stopped at global_step={} before the end of its schedule ({} epochs); '
+                           'the log above says why.'.format(self.global_step, self.trainer.max_epoch))
 
 
 # logging and the exit -----------------------------------------------------------------------
