@@ -253,13 +253,14 @@ class SpawnMultiProcessMapData(MultiProcessMapDataZMQ):
         if not getattr(self, '_reset_done', False) or self._closing:
             return
         self._closing = True
-        for proc in self._procs:
+        started = [proc for proc in self._procs if proc.pid is not None]   # reset_state may have failed
+        for proc in started:
             if proc.exitcode is None:
                 proc.kill()
-        for proc in self._procs:
+        for proc in started:
             proc.join(timeout)
         # An iterating thread lets go of the socket within poll_seconds once _closing is set.
-        if self._socket_lock.acquire(timeout=timeout):
+        if hasattr(self, 'socket') and self._socket_lock.acquire(timeout=timeout):
             try:
                 self.socket.close(linger=0)
                 self.context.term()
