@@ -341,12 +341,20 @@ class TrainingMapper:
         return datapoint
 
     def _packed_masks(self, roidb, is_crowd, transform, scale_xy, image_shape_hw):
-        """uint8 [N, H, ceil(W / 8)]: the non-crowd polygons, transformed like the image, as packed bits."""
-        if 'segmentation' not in roidb:
-            raise ValueError("MODE_MASK=True but the roidb of {} has no 'segmentation'; use a dataset with "
-                             "masks or set MODE_MASK=False".format(roidb['file_name']))
+        """uint8 [N, H, ceil(W / 8)]: the non-crowd polygons, transformed like the image, as packed bits.
+
+        An image without non-crowd instances needs no polygons: a split of negatives only may
+        come from a json without any segmentation (then its roidbs have no 'segmentation').
+        """
         height, width = image_shape_hw
         padded_width = int(np.ceil(width / 8.0) * 8)   # a whole number of bytes per row
+        num_objects = int(np.sum(is_crowd == 0))
+        if 'segmentation' not in roidb:
+            if num_objects == 0:
+                return np.zeros((0, height, padded_width // 8), dtype=np.uint8)
+            raise ValueError("MODE_MASK=True but the roidb of {} has {} object(s) and no 'segmentation' (its "
+                             "dataset has no masks); use a dataset with masks or set MODE_MASK=False".format(
+                                 roidb['file_name'], num_objects))
         masks = []
         for polygons, crowd in zip(roidb['segmentation'], is_crowd):
             if crowd:

@@ -23,7 +23,7 @@ from tensorpack.utils import logger
 
 from config import config as cfg, finalize_configs, num_towers
 from dataset import register_balloon, register_coco, register_shapes
-from utils import training
+from utils import failures, training
 
 LOGDIR_ACTIONS = ('resume', 'backup')
 
@@ -82,11 +82,12 @@ def make_session_init(args, resume_from, is_chief):
     return None
 
 
-def make_callbacks(model, schedule, towers, on_gpu, logdir, rank=None):
-    """`rank`: this process's Horovod rank, or None without Horovod."""
+def make_callbacks(model, schedule, towers, on_gpu, logdir, rank=None, guard=None):
+    """`rank`: this process's Horovod rank, or None without Horovod. `guard`: a failures.TrainingGuard,
+    which gets the checkpoint saver (for SIGTERM)."""
+    saver = ModelSaver(max_to_keep=10, keep_checkpoint_every_n_hours=1)
     callbacks = [
-        PeriodicCallback(ModelSaver(max_to_keep=10, keep_checkpoint_every_n_hours=1),
-                         every_k_epochs=cfg.TRAIN.CHECKPOINT_PERIOD),
+        PeriodicCallback(saver, every_k_epochs=cfg.TRAIN.CHECKPOINT_PERIOD),
         ScheduledHyperParamSetter('learning_rate', schedule.warmup, interp='linear', step_based=True),
         ScheduledHyperParamSetter('learning_rate', schedule.epochs),
         HostMemoryTracker(),
@@ -95,6 +96,9 @@ def make_callbacks(model, schedule, towers, on_gpu, logdir, rank=None):
         SessionRunTimeout(60000),   # milliseconds: a hung step fails instead of hanging forever
         training.make_nonfinite_loss_callback(),
     ]
+    if guard is not None:
+        guard.saver = saver
+        callbacks.append(guard)
     if on_gpu:
         callbacks += [GPUMemoryTracker(), GPUUtilizationTracker()]
     if rank is not None:
@@ -168,18 +172,26 @@ def main(argv=None):
     total_images = cfg.TRAIN.LR_SCHEDULE[-1] * 8
     logger.info('Total passes over the training set: {:.5g}'.format(total_images / max(train_dataflow.size(), 1)))
 
+    # tensorpack's input thread only logs a dataflow error; the guard stops training on it.
+    recorder = failures.InputFailureRecorder(train_dataflow)
+    guard = failures.TrainingGuard(recorder, failures.installed_sigterm_handler())
     traincfg = TrainConfig(
         model=model,
-        data=QueueInput(train_dataflow),
+        data=QueueInput(recorder),
         callbacks=make_callbacks(model, schedule, towers, on_gpu=num_visible_gpus() > 0, logdir=args.logdir,
-                                 rank=rank if is_horovod else None),
+                                 rank=rank if is_horovod else None, guard=guard),
         steps_per_epoch=cfg.TRAIN.STEPS_PER_EPOCH,
         max_epoch=schedule.max_epoch,
         session_init=make_session_init(args, resume_from, is_chief),
         session_config=session_config(),
         starting_epoch=starting_epoch,
     )
-    launch_train_with_config(traincfg, make_trainer(is_horovod))
+    try:
+        launch_train_with_config(traincfg, make_trainer(is_horovod))
+        guard.raise_if_incomplete()
+    finally:
+        if hasattr(train_dataflow, 'close'):   # the data workers
+            train_dataflow.close()
 
 
 if __name__ == '__main__':
@@ -187,4 +199,4 @@ if __name__ == '__main__':
     # Data workers are spawned, not forked: forking a process that already runs TensorFlow
     # (and, under Horovod, MPI/Gloo) is unsafe, and spawned workers don't copy its memory.
     mp.set_start_method('spawn', force=True)
-    main()
+    failures.run_and_exit(main)   # exit codes: utils/failures.py
