@@ -34,9 +34,11 @@ STAT_MEANINGS = {
     'APs': 'AP, small (< 32^2 px)', 'APm': 'AP, medium', 'APl': 'AP, large (> 96^2 px)',
     'AR1': 'AR, 1 detection per image', 'AR10': 'AR, 10 detections per image',
     'AR100': 'AR, 100 detections per image', 'ARs': 'AR, small', 'ARm': 'AR, medium', 'ARl': 'AR, large'}
-_EPOCH_LINE = re.compile(r'Epoch (\d+) \(global_step (\d+)\) finished, time:\s*([0-9.]+) (seconds|minutes|hours)')
+# tensorpack writes epoch times as humanize_time_delta does: '58.1 seconds', '1 minute 2 seconds'
+_EPOCH_LINE = re.compile(r'Epoch (\d+) \(global_step (\d+)\) finished, time:\s*(.*?)\.?\s*$')
+_TIME_PART = re.compile(r'([0-9.]+)\s*(day|hour|minute|second)s?')
 _TOWERS_LINE = re.compile(r'Towers: (\d+)')
-_UNIT_SECONDS = {'seconds': 1., 'minutes': 60., 'hours': 3600.}
+_UNIT_SECONDS = {'second': 1., 'minute': 60., 'hour': 3600., 'day': 86400.}
 PICTURE_SCALE = 2   # 256 px images are drawn at twice their size so that labels stay readable
 
 
@@ -80,8 +82,9 @@ def read_training_times(logdir):
         for line in f:
             match = _EPOCH_LINE.search(line)
             if match:
-                epoch, step, value, unit = match.groups()
-                epoch_seconds[int(epoch)] = float(value) * _UNIT_SECONDS[unit]
+                epoch, step, duration = match.groups()
+                epoch_seconds[int(epoch)] = sum(float(value) * _UNIT_SECONDS[unit]
+                                                for value, unit in _TIME_PART.findall(duration))
                 last_step = max(int(step), last_step or 0)
             match = _TOWERS_LINE.search(line)
             if match:
