@@ -6,7 +6,7 @@
 
 It reads what training and `predict.py --evaluate` left behind and runs no model:
   - the log directory: tensorpack's stats.json (one entry of scalars per epoch) and log.log
-    (the time of each epoch, the number of towers);
+    with the copies it moved aside on resuming (the time of each epoch, the number of towers);
   - the results json of an evaluation and the details written beside it (dataset.coco_eval:
     the twelve COCO numbers and the per-class AP);
   - the COCO-format ground truth and its images, for the pictures.
@@ -14,6 +14,7 @@ It ends by printing a compact table of the main figures and the paths of the fil
 exists already is kept: the new one gets a numbered name (summary-1.md, ...).
 """
 import argparse
+import glob
 import itertools
 import json
 import os
@@ -68,27 +69,34 @@ def read_stats(logdir):
     return [entry for entry in stats if 'global_step' in entry]
 
 
-def read_training_times(logdir):
-    """(training seconds, last global step, towers) from `logdir/log.log`.
+def _log_files(logdir):
+    """log.log and the copies tensorpack moved aside when the run resumed (log.log.<MMDD-HHMMSS>),
+    oldest first."""
+    rotated = sorted(glob.glob(os.path.join(logdir, 'log.log.*')))
+    current = os.path.join(logdir, 'log.log')
+    return rotated + ([current] if os.path.isfile(current) else [])
 
-    An epoch that ran twice (training resumed from an earlier checkpoint) counts once, with
-    its last time. Returns (None, None, 1) without a log.
+
+def read_training_times(logdir):
+    """(training seconds, last global step, towers) from the logs of `logdir`.
+
+    A resumed run's earlier epochs are in the log.log.<time> files tensorpack moved aside; an
+    epoch that ran twice (resumed from an earlier checkpoint) counts once, with its last time.
+    Returns (None, None, 1) without a log.
     """
-    path = os.path.join(logdir, 'log.log')
-    if not os.path.isfile(path):
-        return None, None, 1
     epoch_seconds, last_step, towers = {}, None, 1
-    with open(path, errors='replace') as f:
-        for line in f:
-            match = _EPOCH_LINE.search(line)
-            if match:
-                epoch, step, duration = match.groups()
-                epoch_seconds[int(epoch)] = sum(float(value) * _UNIT_SECONDS[unit]
-                                                for value, unit in _TIME_PART.findall(duration))
-                last_step = max(int(step), last_step or 0)
-            match = _TOWERS_LINE.search(line)
-            if match:
-                towers = int(match.group(1))
+    for path in _log_files(logdir):
+        with open(path, errors='replace') as f:
+            for line in f:
+                match = _EPOCH_LINE.search(line)
+                if match:
+                    epoch, step, duration = match.groups()
+                    epoch_seconds[int(epoch)] = sum(float(value) * _UNIT_SECONDS[unit]
+                                                    for value, unit in _TIME_PART.findall(duration))
+                    last_step = max(int(step), last_step or 0)
+                match = _TOWERS_LINE.search(line)
+                if match:
+                    towers = int(match.group(1))
     if not epoch_seconds:
         return None, last_step, towers
     return sum(epoch_seconds.values()), last_step, towers

@@ -25,11 +25,14 @@ def _write_run(tmp_path, with_masks=True):
               'maskrcnn_loss/maskrcnn_loss': 0.5 / k, 'learning_rate': 0.01 * k} for k in (1, 2, 3)]
     (logdir / 'stats.json').write_text(json.dumps(stats))
     # epoch 3 ran twice (resumed from the checkpoint of epoch 2): its last time counts
-    (logdir / 'log.log').write_text('\n'.join([
+    # tensorpack moves the log of the first session aside when the run resumes
+    (logdir / 'log.log.1201-100035').write_text('\n'.join([
         '[1201 10:00:00 @train.py:142] Towers: 1, gradient accumulation: 1 step(s)',
         '[1201 10:00:10 @base.py:282] Epoch 1 (global_step 10) finished, time:10 seconds.',
         '[1201 10:00:20 @base.py:282] Epoch 2 (global_step 20) finished, time:1 minute 2.5 seconds.',
-        '[1201 10:00:30 @base.py:282] Epoch 3 (global_step 30) finished, time:1 hour 1 second.',
+        '[1201 10:00:30 @base.py:282] Epoch 3 (global_step 30) finished, time:1 hour 1 second.']) + '\n')
+    (logdir / 'log.log').write_text('\n'.join([
+        '[1201 10:00:36 @train.py:142] Towers: 1, gradient accumulation: 1 step(s)',
         '[1201 10:00:40 @base.py:282] Epoch 3 (global_step 30) finished, time:27.5 seconds.']) + '\n')
     images = [{'id': k, 'file_name': '{:06d}.jpg'.format(k), 'height': 40, 'width': 40} for k in (1, 2)]
     for img in images:
