@@ -32,31 +32,34 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 # The main job on the embedded default, the synthetic shapes dataset: write it, train a small
-# from-scratch Mask R-CNN on the CPU, evaluate COCO mAP, draw predictions. The recipe is all
-# command-line overrides; config.py's defaults stay those of tensorpack's example.
+# from-scratch Mask R-CNN on the CPU, evaluate COCO mAP, write the report (summary.md,
+# curves.png, predictions.png in DEMO_DIR). The recipe is all command-line overrides;
+# config.py's defaults stay those of tensorpack's example. Run again, it resumes (or finds the
+# schedule done) and evaluates once more into new files; nothing is deleted or overwritten.
 DEMO_CONFIG := MODE_FPN=True MODE_MASK=True DATA.BASEDIR=$(DATA_DIR)/shapes \
 	DATA.TRAIN=shapes_train DATA.VAL=shapes_val DATA.NUM_WORKERS=0 \
 	BACKBONE.RESNET_NUM_BLOCKS=[1,1,1,1] BACKBONE.NORM=GN BACKBONE.FREEZE_AT=0 FPN.NORM=GN \
-	FPN.NUM_CHANNEL=64 FPN.FRCNN_FC_HEAD_DIM=256 MRCNN.HEAD_DIM=64 \
+	FPN.NUM_CHANNEL=64 FPN.FRCNN_HEAD_FUNC=fastrcnn_4conv1fc_gn_head FPN.FRCNN_CONV_HEAD_DIM=64 \
+	FPN.FRCNN_FC_HEAD_DIM=256 FPN.MRCNN_HEAD_FUNC=maskrcnn_up4conv_gn_head MRCNN.HEAD_DIM=64 \
 	RPN.ANCHOR_SIZES=[16,32,64,128,256] FRCNN.BATCH_PER_IM=128 \
 	RPN.TRAIN_PER_LEVEL_NMS_TOPK=500 RPN.TEST_PER_LEVEL_NMS_TOPK=300 \
 	PREPROC.TRAIN_SHORT_EDGE_SIZE=[256,256] PREPROC.TEST_SHORT_EDGE_SIZE=256 PREPROC.MAX_SIZE=256 \
 	TRAIN.ACCUMULATE_STEPS=1 TRAIN.BASE_LR=0.15 TRAIN.WEIGHT_DECAY=5e-5 TRAIN.WARMUP=200 \
 	TRAIN.WARMUP_INIT_LR=0.01 \
-	TRAIN.STEPS_PER_EPOCH=100 TRAIN.LR_SCHEDULE=[160,200,225] TRAIN.EVAL_PERIOD=0 TRAIN.CHECKPOINT_PERIOD=3
-DEMO_PICTURES := $(addprefix $(DATA_DIR)/shapes/shapes_val/,000002.jpg 000005.jpg 000009.jpg 000010.jpg)
+	TRAIN.STEPS_PER_EPOCH=100 TRAIN.LR_SCHEDULE=[150,190,215] TRAIN.EVAL_PERIOD=0 TRAIN.CHECKPOINT_PERIOD=3
+DEMO_STARTED := $(shell date +%s)
+# a new name for every evaluation, so that a second run keeps the first one's files
+DEMO_EVAL := $(DEMO_DIR)/eval-$(shell date +%Y%m%d-%H%M%S).json
 
 demo: venv
 	$(PY) -m dataset.shapes $(DATA_DIR)/shapes
 	$(PY) train.py --logdir $(DEMO_DIR) --config $(DEMO_CONFIG)
-	$(PY) predict.py --load $(DEMO_DIR) --evaluate $(DEMO_DIR)/eval.json --config $(DEMO_CONFIG) \
-		| tee $(DEMO_DIR)/eval-summary.txt
-	$(PY) predict.py --load $(DEMO_DIR) --predict $(DEMO_PICTURES) --output-dir $(DEMO_DIR)/pictures \
-		--config $(DEMO_CONFIG)
-	@echo
-	@echo "Demo done. Model: $(DEMO_DIR); COCO metrics: $(DEMO_DIR)/eval-summary.txt;" \
-		"pictures: $(DEMO_DIR)/pictures/"
-	@grep "mAP(bbox)/IoU=0.5:0.95\|mAP(segm)/IoU=0.5:0.95" $(DEMO_DIR)/eval-summary.txt
+	$(PY) predict.py --load $(DEMO_DIR) --evaluate $(DEMO_EVAL) --config $(DEMO_CONFIG) 2>&1 \
+		| tee $(DEMO_EVAL).log
+	$(PY) -m tools.demo_report --logdir $(DEMO_DIR) --results $(DEMO_EVAL)-shapes_val \
+		--gt-json $(DATA_DIR)/shapes/annotations/instances_shapes_val.json \
+		--image-dir $(DATA_DIR)/shapes/shapes_val --started $(DEMO_STARTED) \
+		--command "make demo DATA_DIR=$(DATA_DIR) DEMO_DIR=$(DEMO_DIR)" --config $(DEMO_CONFIG)
 
 # oneDNN is set explicitly, never left to the host's CPU: the whole suite with it on (TensorFlow's
 # default on CPUs with AVX512_VNNI/BF16/AMX), then the model and graph tests with it off. The

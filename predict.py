@@ -95,7 +95,16 @@ def do_evaluate(pred_config, output_file):
         print('Results of {} (detections written to {}):'.format(split, output))
         for name, value in scores.items():
             print('  {}: {:.4f}'.format(name, value))
+        _print_per_class(output)
     return all_scores
+
+
+def _print_per_class(output):
+    from dataset.coco_eval import per_class_paths
+    table_path = per_class_paths(output)[0]
+    if os.path.isfile(table_path):   # splits that evaluate with dataset.coco_eval write it
+        with open(table_path) as f:
+            print('Per-class AP (also in {}):\n{}'.format(table_path, f.read().rstrip()))
 
 
 def do_predict(predictor, image_paths, output_dir):

@@ -20,7 +20,7 @@ _FONT_SCALE = 0.45
 _PROPOSAL_COLOR = (0, 200, 255)   # BGR orange-yellow for class-less boxes
 
 # Same fields as eval.DetectionResult; importing eval would pull in TensorFlow.
-_Detection = namedtuple('_Detection', ['box', 'score', 'class_id', 'mask'])
+Detection = namedtuple('Detection', ['box', 'score', 'class_id', 'mask'])
 
 
 def class_color(class_id):
@@ -87,12 +87,13 @@ def draw_boxes(img, boxes, labels=None, colors=None, thickness=2):
     return out
 
 
-def draw_annotation(img, boxes, class_ids, class_names, polygons=None, is_crowd=None):
-    """Ground truth: boxes labelled with class names, optional polygon outlines.
+def draw_annotation(img, boxes, class_ids, class_names, polygons=None, is_crowd=None, masks=None):
+    """Ground truth: boxes labelled with class names, optional polygon outlines and filled masks.
 
     boxes: float [N, 4], x1y1x2y2. class_ids: int [N], 1..K.
     polygons: None, or N lists of float [P, 2] (x, y) polygons (roidb 'segmentation').
     is_crowd: None or int [N]; crowd boxes get a ';crowd' suffix.
+    masks: None, or N [H, W] masks (nonzero inside), filled semi-transparent in the class colour.
     """
     boxes = np.asarray(boxes).reshape(-1, 4)
     if len(class_ids) != len(boxes):
@@ -102,6 +103,11 @@ def draw_annotation(img, boxes, class_ids, class_names, polygons=None, is_crowd=
     if is_crowd is not None:
         labels = [name + (';crowd' if crowd else '') for name, crowd in zip(labels, is_crowd)]
     out = _to_bgr_uint8(img)
+    if masks is not None:
+        if len(masks) != len(boxes):
+            raise ValueError("Got {} masks for {} boxes".format(len(masks), len(boxes)))
+        for mask, color in zip(masks, colors):
+            out = draw_mask(out, mask, color)
     if polygons is not None:
         for polys, color in zip(polygons, colors):
             pts = [np.round(np.asarray(p, dtype=np.float64)).astype(np.int32).reshape(-1, 1, 2) for p in polys]
@@ -253,7 +259,7 @@ def draw_visualization_grid(sample, outputs, class_names):
     best_scores = np.asarray(all_scores)[best]
     score_viz = draw_predictions(image, np.asarray(proposal_boxes)[best], best_scores.max(axis=1),
                                  best_scores.argmax(axis=1), class_names)
-    results = [_Detection(box, score, label, None) for box, score, label in zip(*final)]
+    results = [Detection(box, score, label, None) for box, score, label in zip(*final)]
     final_viz = draw_final_outputs(image, results, class_names)
     return stack_grid([gt_viz, proposal_viz, score_viz, final_viz],
                       ['ground truth', 'best proposal per gt', 'their class scores', 'final detections'])

@@ -127,7 +127,7 @@ class BalloonDemo(DatasetSplit):
             if result['image_id'] not in image_id_map:
                 raise ValueError("Result for image {!r}, which is not in '{}'.".format(result['image_id'], self.name))
             result['image_id'] = image_id_map[result['image_id']]
-        return evaluate_coco(coco_gt, results)
+        return evaluate_coco(coco_gt, results, output)
 
 
 def register_balloon(basedir):

@@ -231,7 +231,7 @@ class COCOFormatSplit(DatasetSplit):
             with open(output, 'w') as f:
                 json.dump(mapped, f)
             logger.info("{} results of '{}' written to {}.".format(len(mapped), self.name, output))
-        return evaluate_coco(coco_from_dict(self._load_json()), mapped)
+        return evaluate_coco(coco_from_dict(self._load_json()), mapped, output)
 
 
 class COCODetection(COCOFormatSplit):

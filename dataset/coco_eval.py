@@ -6,20 +6,31 @@ object's image and category ids.
 
 Result dicts (one per detected instance): image_id, category_id, bbox [x, y, w, h] in
 pixels of the original image, score, optional segmentation (COCO RLE with str counts).
+
+Given the path of the results json, the evaluation also writes two files beside it:
+`<json>.per_class.txt`, the per-class AP table, and `<json>.per_class.json`, all twelve
+COCO numbers and the per-class AP of each IoU type (see `evaluation_details`).
 """
 import contextlib
 import io
+import json
 
 import numpy as np
 
 import utils.tf_compat  # noqa: F401  (configures TensorFlow before tensorpack imports it)
 from tensorpack.utils import logger
 
-__all__ = ['METRIC_FIELDS', 'coco_from_dict', 'coco_gt_from_roidbs', 'clean_result', 'evaluate_coco']
+__all__ = ['METRIC_FIELDS', 'STAT_NAMES', 'coco_from_dict', 'coco_gt_from_roidbs', 'clean_result',
+           'evaluate_coco', 'per_class_ap', 'per_class_table', 'per_class_paths']
 
 # The first six numbers of COCOeval.stats: AP averaged over IoU 0.5:0.95, AP at 0.5 and 0.75,
 # and AP over 0.5:0.95 for small / medium / large objects. Keys are 'mAP(bbox)/IoU=0.5' etc.
 METRIC_FIELDS = ('IoU=0.5:0.95', 'IoU=0.5', 'IoU=0.75', 'small', 'medium', 'large')
+# All twelve numbers of COCOeval.stats, in order: the six above, then the average recall with
+# at most 1, 10 and 100 detections per image, and at 100 for small / medium / large objects.
+STAT_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1', 'AR10', 'AR100', 'ARs', 'ARm', 'ARl')
+# Columns of the per-class table: AP over IoU 0.5:0.95, at IoU 0.5 and at IoU 0.75.
+PER_CLASS_FIELDS = ('AP', 'AP50', 'AP75')
 
 
 def _quiet_call(func, *args):
@@ -123,17 +134,87 @@ def _zero_metrics(iou_types):
     return {'mAP({})/{}'.format(t, f): 0.0 for t in iou_types for f in METRIC_FIELDS}
 
 
-def evaluate_coco(coco_gt, results):
+def per_class_ap(precision, iou_thresholds, category_names):
+    """AP of each category from COCOeval's accumulated precision.
+
+    Args:
+        precision: float [T, R, K, A, M], `COCOeval.eval['precision']`: T IoU thresholds, R
+            recall points, K categories, A area ranges (0 is 'all'), M max-detection settings
+            (the last is 100); -1 marks an entry without ground truth.
+        iou_thresholds: float [T], `COCOeval.params.iouThrs`.
+        category_names: K names, in the order of `COCOeval.params.catIds`.
+
+    Returns:
+        {name: {'AP': ..., 'AP50': ..., 'AP75': ...}}, each the mean precision over the recall
+        points (and, for 'AP', over all IoU thresholds) of area 'all' and 100 detections;
+        None for a category without ground truth.
+    """
+    precision = np.asarray(precision, dtype=np.float64)
+    if precision.ndim != 5 or precision.shape[2] != len(category_names):
+        raise ValueError("precision must be [T, R, K, A, M] with K = {} categories, got shape {}".format(
+            len(category_names), precision.shape))
+    iou_thresholds = np.asarray(iou_thresholds, dtype=np.float64)
+    rows = {'AP': slice(None), 'AP50': np.isclose(iou_thresholds, 0.5), 'AP75': np.isclose(iou_thresholds, 0.75)}
+    table = {}
+    for k, name in enumerate(category_names):
+        table[name] = {}
+        for field in PER_CLASS_FIELDS:
+            values = precision[rows[field], :, k, 0, -1]
+            values = values[values > -1]
+            table[name][field] = float(values.mean()) if values.size else None
+    return table
+
+
+def per_class_table(per_class):
+    """Text table of `{iou_type: per_class_ap(...)}`: one row per class, AP / AP50 / AP75
+    columns per IoU type, '-' for a class without ground truth."""
+    iou_types = list(per_class)
+    if not iou_types:
+        return '(no per-class AP)'
+    names = list(per_class[iou_types[0]])
+    name_width = max([len('class')] + [len(str(n)) for n in names])
+    header = '{:<{w}}'.format('class', w=name_width) + ''.join(
+        ' {:>7}'.format('{}:{}'.format(t, f) if f == 'AP' else f) for t in iou_types for f in PER_CLASS_FIELDS)
+    lines = [header, '-' * len(header)]
+    for name in names:
+        cells = []
+        for iou_type in iou_types:
+            for field in PER_CLASS_FIELDS:
+                value = per_class[iou_type][name][field]
+                cells.append(' {:>7}'.format('-' if value is None else '{:.3f}'.format(value)))
+        lines.append('{:<{w}}'.format(str(name), w=name_width) + ''.join(cells))
+    return '\n'.join(lines)
+
+
+def per_class_paths(output):
+    """(text table, json details) paths written beside the results json `output`."""
+    return output + '.per_class.txt', output + '.per_class.json'
+
+
+def _write_details(output, details):
+    text_path, json_path = per_class_paths(output)
+    with open(text_path, 'w') as f:
+        f.write(per_class_table({t: d['per_class'] for t, d in details.items()}) + '\n')
+    with open(json_path, 'w') as f:
+        json.dump(details, f, indent=1)
+    logger.info("Per-class AP written to {} and {}.".format(text_path, json_path))
+
+
+def evaluate_coco(coco_gt, results, output=None):
     """COCO AP of `results` against `coco_gt`.
 
     Args:
         coco_gt: pycocotools COCO with the ground truth.
         results: list of result dicts (see `clean_result`) in `coco_gt`'s image and category ids.
+        output: optional path of the json the results were saved to; the per-class table and
+            the details (twelve COCO numbers, per-class AP) are then written beside it, to the
+            paths of `per_class_paths(output)`, like that json replacing earlier ones.
 
     Returns:
         dict: 'mAP(bbox)/<field>' for each of METRIC_FIELDS, and 'mAP(segm)/<field>' when any
         result has a segmentation. Values in [0, 1]; pycocotools reports -1 for an area range
-        without ground truth. Empty `results` give all-zero bbox metrics and a warning.
+        without ground truth. Empty `results` give all-zero bbox metrics and a warning (and
+        no per-class files).
     """
     from pycocotools.cocoeval import COCOeval
     if len(results) == 0:
@@ -154,7 +235,7 @@ def evaluate_coco(coco_gt, results):
             logger.warn("Results have masks but the ground truth has none; evaluating boxes only.")
     # loadRes adds fields to the dicts it gets, so hand it copies
     coco_dt, _ = _quiet_call(coco_gt.loadRes, [dict(r) for r in results])
-    metrics = {}
+    metrics, details = {}, {}
     for iou_type in iou_types:
         coco_eval = COCOeval(coco_gt, coco_dt, iou_type)
         _quiet_call(coco_eval.evaluate)
@@ -163,4 +244,11 @@ def evaluate_coco(coco_gt, results):
         logger.info("COCO evaluation ({}):\n{}".format(iou_type, summary.rstrip()))
         for k, field in enumerate(METRIC_FIELDS):
             metrics['mAP({})/{}'.format(iou_type, field)] = float(coco_eval.stats[k])
+        names = [cat['name'] for cat in coco_gt.loadCats(coco_eval.params.catIds)]
+        details[iou_type] = {
+            'stats': {name: float(v) for name, v in zip(STAT_NAMES, coco_eval.stats)},
+            'per_class': per_class_ap(coco_eval.eval['precision'], coco_eval.params.iouThrs, names)}
+    logger.info("Per-class AP:\n" + per_class_table({t: d['per_class'] for t, d in details.items()}))
+    if output is not None:
+        _write_details(output, details)
     return metrics

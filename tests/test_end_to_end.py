@@ -95,6 +95,9 @@ def test_evaluation_beats_an_untrained_model(trained, shapes_dir, tmp_path):
         proc = run_script(['predict.py', '--load', logdir, '--evaluate', out, '--config'] + trained['config'])
         scores[name] = ap_scores(proc.stdout)
         assert os.path.isfile(out + '-shapes_val')
+        if name == 'trained':   # the per-class AP table is printed and stored beside the json
+            assert 'Per-class AP (also in {}-shapes_val.per_class.txt)'.format(out) in proc.stdout
+            assert os.path.isfile(out + '-shapes_val.per_class.json')
     print('AP50 trained {:.3f}, untrained {:.3f}'.format(scores['trained']['mAP(bbox)/IoU=0.5'],
                                                          scores['untrained']['mAP(bbox)/IoU=0.5']))
     assert scores['untrained']['mAP(bbox)/IoU=0.5'] <= UNTRAINED_AP50_AT_MOST

@@ -38,6 +38,20 @@ def test_draw_annotation():
     np.testing.assert_array_equal(img, gray_image())   # input untouched
 
 
+def test_draw_annotation_fills_masks():
+    img = gray_image()
+    mask = np.zeros((H, W), np.uint8)
+    mask[22:34, 12:28] = 1
+    box = np.array([[10, 20, 30, 36]], np.float32)
+    out = viz.draw_annotation(img, box, [1], CLASS_NAMES, masks=[mask])
+    outlined = viz.draw_annotation(img, box, [1], CLASS_NAMES)
+    assert (out[28, 20] != img[28, 20]).any()            # inside the mask, away from box and label
+    np.testing.assert_array_equal(outlined[28, 20], img[28, 20])
+    np.testing.assert_array_equal(out[-3:, -3:], img[-3:, -3:])
+    with pytest.raises(ValueError, match='2 masks for 1 boxes'):
+        viz.draw_annotation(img, box, [1], CLASS_NAMES, masks=[mask, mask])
+
+
 def test_draw_annotation_rejects_unknown_class():
     with pytest.raises(ValueError, match='class id 3'):
         viz.draw_annotation(gray_image(), np.array([[1, 1, 5, 5]], np.float32), [3], CLASS_NAMES)
