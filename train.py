@@ -12,7 +12,8 @@ import os
 import shutil
 import time
 
-from utils.tf_compat import num_visible_gpus, session_config, tf  # must come before tensorpack
+from utils.tf_compat import (  # must come before tensorpack
+    amp_compute_dtype, check_amp_supported, num_visible_gpus, onednn_enabled, session_config, tf)
 
 from tensorpack import QueueInput, TrainConfig, launch_train_with_config
 from tensorpack.callbacks import (
@@ -118,6 +119,17 @@ def make_trainer(is_horovod):
     return SimpleTrainer()
 
 
+def log_precision():
+    """Fail early where TRAIN.AMP (or TEST.AMP of the evaluations) can't run; say what runs."""
+    for key, wanted in (('TRAIN.AMP', cfg.TRAIN.AMP), ('TEST.AMP', cfg.TEST.AMP and cfg.TRAIN.EVAL_PERIOD > 0)):
+        if wanted:
+            check_amp_supported(key)
+    amp = '{} compute'.format(amp_compute_dtype()) + (' with dynamic loss scaling' if amp_compute_dtype() == 'float16'
+                                                      else '')
+    logger.info('Training precision: {} (TRAIN.AMP={}); variables float32; oneDNN {}.'.format(
+        amp if cfg.TRAIN.AMP else 'float32', cfg.TRAIN.AMP, 'on' if onednn_enabled() else 'off'))
+
+
 def main(argv=None):
     args = parse_args(argv)
     cfg.update_args(args.config)
@@ -134,6 +146,7 @@ def main(argv=None):
         tf.set_random_seed(cfg.DATA.SEED + rank)
     is_chief = rank == 0
     towers = num_towers()
+    log_precision()
 
     resume_from = prepare_logdir(args.logdir, args.logdir_action, is_chief)
     schedule = training.compute_schedule(
@@ -175,7 +188,7 @@ def main(argv=None):
         steps_per_epoch=cfg.TRAIN.STEPS_PER_EPOCH,
         max_epoch=schedule.max_epoch,
         session_init=make_session_init(args, resume_from, is_chief),
-        session_config=session_config(),
+        session_config=session_config(amp=cfg.TRAIN.AMP),
         starting_epoch=starting_epoch,
     )
     launch_train_with_config(traincfg, make_trainer(is_horovod))
