@@ -128,14 +128,16 @@ def test_amp_training_has_finite_decreasing_losses(amp_trained):
 
 
 def test_amp_training_step_computes_in_bfloat16(amp_trained):
-    """The step really ran through oneDNN's bfloat16 rewrite: convolutions (forward and backward)
-    in bfloat16, and casts into it. A float32 session of the same graph has none (next test)."""
+    """The step really ran through oneDNN's bfloat16 rewrite: forward convolutions and matmuls in
+    bfloat16, and casts into it; convolution gradients kept float32 (tf_compat.AMP_CPU_FLOAT32_OPS).
+    A float32 session of the same graph has no bfloat16 at all (next test)."""
     if amp_trained is None:
         return expect_amp_error('TRAIN.AMP')
     ops = amp_trained['bf16_ops']
     assert ops.get('Cast', 0) > 0, ops
     assert any('Conv2D' in op and 'Backprop' not in op for op in ops), ops
-    assert any('Conv2DBackpropFilter' in op for op in ops), ops
+    assert any('MatMul' in op for op in ops), ops
+    assert not any('Conv2DBackprop' in op for op in ops), ops
 
 
 def test_float32_training_step_has_no_bfloat16():
@@ -395,3 +397,34 @@ def test_variables_read_by_follows_the_outputs_only():
         tf.get_variable('c', initializer=3.)
         out = tf.identity(a * 2. + b)
         assert [v.op.name for v in variables_read_by([out])] == ['a', 'b']
+
+
+def test_eval_callback_session_of_its_own_gets_the_training_weights():
+    """TEST.AMP != TRAIN.AMP: EvalCallback's predictors run in their own session (with TEST.AMP's
+    rewrite where it can run) on the variables copied from the training session."""
+    from tensorpack.predict import OnlinePredictor
+
+    from eval import EvalCallback, variables_read_by
+
+    class Trainer:
+        pass
+
+    with tf.Graph().as_default() as graph:
+        x = tf.placeholder(tf.float32, [], name='x')
+        w = tf.get_variable('w', initializer=1.)
+        out = tf.identity(x * w, name='out')
+        callback = EvalCallback('split', ['x'], ['out'], output_dir='.')
+        callback.graph, callback.trainer = graph, Trainer()
+        callback._use_horovod, callback._test_amp, callback._eval_dataset = False, AMP_REASON is None, 'split'
+        callback._predictors = [OnlinePredictor([x], [out])]
+        callback._weights = variables_read_by([out])
+        with tf.Session() as training_sess:
+            training_sess.run(tf.global_variables_initializer())
+            training_sess.run(w.assign(5.))
+            callback.trainer.sess = training_sess
+            callback._open_own_session()
+            with pytest.raises(tf.errors.FailedPreconditionError):
+                callback._predictors[0](3.)    # nothing copied yet: its own, uninitialized session
+            callback._copy_weights()
+            assert callback._predictors[0](3.)[0] == 15.
+            callback._sess.close()

@@ -179,7 +179,8 @@ def check_amp_supported(key):
 def enable_amp_rewrite(config, key='TRAIN.AMP/TEST.AMP'):
     """Switch on, in the ConfigProto `config`, Grappler's mixed-precision rewrite for this device:
     float16 on GPUs (`auto_mixed_precision`), bfloat16 through oneDNN on CPUs
-    (`auto_mixed_precision_onednn_bfloat16`). Variables and graph inputs/outputs stay float32."""
+    (`auto_mixed_precision_onednn_bfloat16`). Variables and graph inputs/outputs stay float32.
+    On CPUs it also sets, unless set already, the process's AMP_CPU_ALLOWLIST_REMOVE_ENV (below)."""
     from tensorflow.core.protobuf import rewriter_config_pb2
 
     check_amp_supported(key)
@@ -188,4 +189,13 @@ def enable_amp_rewrite(config, key='TRAIN.AMP/TEST.AMP'):
         options.auto_mixed_precision = rewriter_config_pb2.RewriterConfig.ON
     else:
         options.auto_mixed_precision_onednn_bfloat16 = rewriter_config_pb2.RewriterConfig.ON
+        # oneDNN takes no convolution gradient with EXPLICIT padding (the backbone's strided convs);
+        # TF's generic bfloat16 kernels for those are ~20x slower than float32, which made a training
+        # step several times slower than without AMP. So every convolution gradient stays float32:
+        # Grappler reads this variable (the rewrite's documented list edits) when it optimizes a graph.
+        os.environ.setdefault(AMP_CPU_ALLOWLIST_REMOVE_ENV, AMP_CPU_FLOAT32_OPS)
     return config
+
+
+AMP_CPU_ALLOWLIST_REMOVE_ENV = 'TF_AUTO_MIXED_PRECISION_GRAPH_REWRITE_ALLOWLIST_REMOVE'
+AMP_CPU_FLOAT32_OPS = 'Conv2DBackpropFilter,Conv2DBackpropInput'
