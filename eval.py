@@ -272,6 +272,7 @@ class EvalCallback(Callback):
     """
 
     _chief_only = False   # horovod ranks other than 0 predict too
+    _own_session = False  # set by _setup_graph: True when TEST.AMP differs from TRAIN.AMP
 
     def __init__(self, eval_dataset, in_names, out_names, output_dir):
         self._eval_dataset = eval_dataset
