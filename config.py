@@ -187,6 +187,8 @@ _declare('TRAIN.EVAL_PERIOD', 50, 'epochs between COCO evaluations (also at the 
 _declare('TRAIN.CHECKPOINT_PERIOD', 20, 'epochs between checkpoints')
 _declare('TRAIN.ACCUMULATE_STEPS', None, '(new) steps of gradient accumulation; None means 8 // towers, '
          'so a step sees 8 images as in the example', types=(type(None), int))
+_declare('TRAIN.AMP', False, '(new) mixed precision: float16 with dynamic loss scaling on GPUs, bfloat16 '
+         '(oneDNN) on CPUs; variables stay float32')
 
 # preprocessing ---------------------------------------------------------------------------
 _declare('PREPROC.TRAIN_SHORT_EDGE_SIZE', [800, 800], 'training short edge in pixels, sampled from [min, max]',
@@ -255,6 +257,7 @@ _declare('TEST.FRCNN_NMS_THRESH', 0.5, 'per-class NMS IoU threshold of the final
 _declare('TEST.RESULT_SCORE_THRESH', 0.05, 'detections scoring below this are dropped')
 _declare('TEST.RESULT_SCORE_THRESH_VIS', 0.5, 'only detections above this are drawn')
 _declare('TEST.RESULTS_PER_IM', 100, 'detections kept per image')
+_declare('TEST.AMP', False, '(new) mixed-precision inference: float16 on GPUs, bfloat16 (oneDNN) on CPUs')
 
 _C.freeze()
 _DEFAULTS = copy.deepcopy(_C.__dict__)

@@ -249,6 +249,19 @@ def epochs_to_evaluate(eval_period, max_epoch):
     return set(range(eval_period, max_epoch + 1, eval_period)) | {max_epoch}
 
 
+def variables_read_by(tensors):
+    """The global variables that computing `tensors` reads, in graph order."""
+    seen, stack = set(), [t.op for t in tensors]
+    while stack:
+        op = stack.pop()
+        if op in seen:
+            continue
+        seen.add(op)
+        stack.extend(t.op for t in op.inputs)
+        stack.extend(op.control_inputs)
+    return [var for var in tf.global_variables() if var.op in seen]
+
+
 class EvalCallback(Callback):
     """Evaluates `eval_dataset` during training; metrics go to the trainer's monitors.
 
@@ -259,6 +272,7 @@ class EvalCallback(Callback):
     """
 
     _chief_only = False   # horovod ranks other than 0 predict too
+    _own_session = False  # set by _setup_graph: True when TEST.AMP differs from TRAIN.AMP
 
     def __init__(self, eval_dataset, in_names, out_names, output_dir):
         self._eval_dataset = eval_dataset
@@ -294,10 +308,49 @@ class EvalCallback(Callback):
             self._dataflows = [get_eval_dataflow(self._eval_dataset, shard=k, num_shards=len(devices))
                                for k in range(len(devices))]
 
+        # Grappler's mixed-precision rewrite is a setting of the whole session: when TEST.AMP differs
+        # from TRAIN.AMP the predictors run in a session of their own, with weights copied in.
+        self._test_amp = cfg.TEST.AMP
+        self._own_session = cfg.TEST.AMP != cfg.TRAIN.AMP and (not self._use_horovod or self._predict_here)
+        if self._own_session:
+            predictors = [self._predictor] if self._use_horovod else self._predictors
+            self._weights = variables_read_by([t for p in predictors for t in p.output_tensors])
+
     def _build_predictor(self, device):
         return self.trainer.get_predictor(self._in_names, self._out_names, device=device)
 
+    def _open_own_session(self):
+        from tensorpack.predict import OnlinePredictor
+        from utils.tf_compat import num_visible_gpus, session_config
+
+        config = session_config(amp=self._test_amp)
+        if self._use_horovod and num_visible_gpus() > 0:
+            config.gpu_options.visible_device_list = str(self._hvd.local_rank())
+        self._sess = tf.Session(graph=self.graph, config=config)
+
+        def rebind(pred):
+            return OnlinePredictor(pred.input_tensors, pred.output_tensors, sess=self._sess)
+
+        if self._use_horovod:
+            self._predictor = rebind(self._predictor)
+        else:
+            self._predictors = [rebind(pred) for pred in self._predictors]
+        logger.info('[EvalCallback] TEST.AMP={} differs from the training session\'s precision: {} predicts in a '
+                    'session of its own; {} variables are copied in before each evaluation.'.format(
+                        self._test_amp, self._eval_dataset, len(self._weights)))
+
+    def _copy_weights(self):
+        values = self.trainer.sess.run(self._weights)
+        for var, value in zip(self._weights, values):
+            var.load(value, self._sess)   # feeds the initializer: no new ops in the finalized graph
+
+    def _after_train(self):
+        if self._own_session:
+            self._sess.close()
+
     def _before_train(self):
+        if self._own_session:
+            self._open_own_session()
         self._epochs_to_eval = epochs_to_evaluate(self._eval_period, self.trainer.max_epoch)
         logger.info("[EvalCallback] Will evaluate {} every {} epochs".format(self._eval_dataset, self._eval_period))
 
@@ -320,6 +373,8 @@ class EvalCallback(Callback):
         return all_results
 
     def _eval(self):
+        if self._own_session:
+            self._copy_weights()
         if self._use_horovod:
             all_results = self._gather_horovod_results()
             if all_results is None:

@@ -14,7 +14,8 @@ import itertools
 import os
 import time
 
-from utils.tf_compat import session_config  # must come before tensorpack
+from utils.tf_compat import (  # must come before tensorpack
+    amp_compute_dtype, check_amp_supported, onednn_enabled, session_config)
 
 import cv2
 import numpy as np
@@ -53,7 +54,43 @@ def parse_args(argv=None):
 
 
 def _session_creator():
-    return NewSessionCreator(config=session_config())
+    """The session of every predictor here; TEST.AMP switches on the mixed-precision rewrite."""
+    return NewSessionCreator(config=session_config(amp=cfg.TEST.AMP))
+
+
+def inference_precision():
+    """'float32', or the compute type of TEST.AMP on this device ('bfloat16' / 'float16')."""
+    return amp_compute_dtype() if cfg.TEST.AMP else 'float32'
+
+
+def precision_note_paths(output_pb, output_serving):
+    """Where an export records its precision: FILE.precision.json next to a frozen graph, and
+    assets.extra/precision.json in a SavedModel (a folder TensorFlow's loaders leave alone)."""
+    paths = []
+    if output_pb:
+        paths.append(output_pb + '.precision.json')
+    if output_serving:
+        paths.append(os.path.join(output_serving, 'assets.extra', 'precision.json'))
+    return paths
+
+
+def write_precision_note(path):
+    import json
+    rewrite = {'float32': None, 'bfloat16': 'auto_mixed_precision_onednn_bfloat16',
+               'float16': 'auto_mixed_precision'}[inference_precision()]
+    note = {
+        'TEST.AMP': bool(cfg.TEST.AMP),
+        'compute_dtype': inference_precision(),
+        'graph_dtype': 'float32',
+        'note': ('The exported graph and its constants are float32. ' + (
+            'It was made with TEST.AMP=True: run it with the Grappler option '
+            'graph_options.rewrite_options.{}=ON in the session config to compute in {}.'.format(
+                rewrite, inference_precision()) if rewrite else 'It was made with TEST.AMP=False.')),
+    }
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    with open(path, 'x') as f:   # 'x': never overwrite
+        json.dump(note, f, indent=1)
+    logger.info('Export precision ({}) noted in {}'.format(inference_precision(), path))
 
 
 def build_model():
@@ -162,11 +199,17 @@ def do_benchmark(predictor):
 
 def do_export(pred_config, output_pb, output_serving):
     from tensorpack.tfutils.export import ModelExporter
+    for path in precision_note_paths(output_pb, output_serving):
+        if os.path.exists(path):
+            raise ValueError('{} exists already; choose another export path (nothing is overwritten).'
+                                  .format(path))
     exporter = ModelExporter(pred_config)
     if output_pb:
         exporter.export_compact(output_pb, optimize=False)
     if output_serving:
         exporter.export_serving(output_serving)
+    for path in precision_note_paths(output_pb, output_serving):
+        write_precision_note(path)
 
 
 def main(argv=None):
@@ -176,6 +219,10 @@ def main(argv=None):
     register_balloon(cfg.DATA.BASEDIR)
     register_shapes(cfg.DATA.BASEDIR)
     finalize_configs(is_training=False)
+    if cfg.TEST.AMP:
+        check_amp_supported('TEST.AMP')
+    logger.info('Inference precision: {} (TEST.AMP={}); oneDNN {}.'.format(
+        inference_precision(), cfg.TEST.AMP, 'on' if onednn_enabled() else 'off'))
 
     model_path = resolve_model_path(args.load)
     model = build_model()

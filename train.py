@@ -12,7 +12,8 @@ import os
 import shutil
 import time
 
-from utils.tf_compat import num_visible_gpus, onednn_status, session_config, tf  # must come before tensorpack
+from utils.tf_compat import (  # must come before tensorpack
+    amp_compute_dtype, check_amp_supported, num_visible_gpus, onednn_status, session_config, tf)
 
 from tensorpack import QueueInput, TrainConfig, launch_train_with_config
 from tensorpack.callbacks import (
@@ -122,6 +123,17 @@ def make_trainer(is_horovod):
     return SimpleTrainer()
 
 
+def log_precision():
+    """Fail early where TRAIN.AMP (or TEST.AMP of the evaluations) can't run; say what runs."""
+    for key, wanted in (('TRAIN.AMP', cfg.TRAIN.AMP), ('TEST.AMP', cfg.TEST.AMP and cfg.TRAIN.EVAL_PERIOD > 0)):
+        if wanted:
+            check_amp_supported(key)
+    amp = '{} compute'.format(amp_compute_dtype()) + (' with dynamic loss scaling' if amp_compute_dtype() == 'float16'
+                                                      else '')
+    logger.info('Training precision: {} (TRAIN.AMP={}); variables float32; {}.'.format(
+        amp if cfg.TRAIN.AMP else 'float32', cfg.TRAIN.AMP, onednn_status()))
+
+
 def main(argv=None):
     args = parse_args(argv)
     cfg.update_args(args.config)
@@ -138,13 +150,13 @@ def main(argv=None):
         tf.set_random_seed(cfg.DATA.SEED + rank)
     is_chief = rank == 0
     towers = num_towers()
+    log_precision()
 
     resume_from = prepare_logdir(args.logdir, args.logdir_action, is_chief)
     schedule = training.compute_schedule(
         base_lr=cfg.TRAIN.BASE_LR, warmup_steps=cfg.TRAIN.WARMUP, warmup_init_lr=cfg.TRAIN.WARMUP_INIT_LR,
         lr_schedule=cfg.TRAIN.LR_SCHEDULE, steps_per_epoch=cfg.TRAIN.STEPS_PER_EPOCH, towers=towers)
     logger.info('Towers: {}, gradient accumulation: {} step(s)'.format(towers, cfg.TRAIN.ACCUMULATE_STEPS))
-    logger.info(onednn_status())
     logger.info('Warm Up Schedule (steps, value): ' + str(schedule.warmup))
     logger.info('LR Schedule (epochs, value): ' + str(schedule.epochs))
     logger.info('Max epoch: {}'.format(schedule.max_epoch))
@@ -183,7 +195,7 @@ def main(argv=None):
         steps_per_epoch=cfg.TRAIN.STEPS_PER_EPOCH,
         max_epoch=schedule.max_epoch,
         session_init=make_session_init(args, resume_from, is_chief),
-        session_config=session_config(),
+        session_config=session_config(amp=cfg.TRAIN.AMP),
         starting_epoch=starting_epoch,
     )
     try:

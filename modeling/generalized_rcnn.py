@@ -11,7 +11,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from utils.tf_compat import tf  # noqa: I001  (must come before tensorpack)
+from utils.tf_compat import amp_compute_dtype, tf  # noqa: I001  (must come before tensorpack)
 
 from tensorpack import ModelDesc
 from tensorpack.models import GlobalAvgPooling, l2_regularizer, regularize_cost
@@ -20,7 +20,7 @@ from tensorpack.tfutils.summary import add_moving_summary
 from config import config as cfg
 from utils import tensor_names as names
 from utils.np_box_ops import get_all_anchors, get_all_anchors_fpn
-from utils.training import AccumGradOptimizer
+from utils.training import AccumGradOptimizer, with_dynamic_loss_scaling
 
 from .backbone import image_preprocess, resnet_c4_backbone, resnet_conv5, resnet_fpn_backbone
 from .model_box import RPNAnchors, area, clip_boxes, crop_and_resize, roi_align
@@ -105,6 +105,9 @@ class GeneralizedRCNN(ModelDesc):
         if cfg.TRAIN.ACCUMULATE_STEPS > 1:
             # ours, not tensorpack's: that one applies at racy steps, which lets Horovod ranks drift apart
             opt = AccumGradOptimizer(opt, cfg.TRAIN.ACCUMULATE_STEPS)
+        if cfg.TRAIN.AMP and amp_compute_dtype() == 'float16':
+            # float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs none.
+            opt = with_dynamic_loss_scaling(opt)
         return opt
 
     def get_inference_tensor_names(self):

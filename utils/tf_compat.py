@@ -90,8 +90,11 @@ def default_data_format():
     return 'NCHW' if num_visible_gpus() > 0 else 'NHWC'
 
 
-def session_config():
+def session_config(amp=False):
     """tensorpack's default session config, plus the per-device adjustments.
+
+    `amp`: also switch on Grappler's mixed-precision rewrite for this device (see
+    `enable_amp_rewrite`); raises ValueError where it can't run.
 
     Without a GPU:
     - tensorpack's default of one thread per op (right when the CPU only feeds GPUs) would run
@@ -107,6 +110,8 @@ def session_config():
     if num_visible_gpus() == 0:
         config.intra_op_parallelism_threads = 0    # 0: as many as there are cores
         config.graph_options.rewrite_options.memory_optimization = rewriter_config_pb2.RewriterConfig.OFF
+    if amp:
+        enable_amp_rewrite(config)
     return config
 
 
@@ -115,9 +120,10 @@ _ONEDNN_DEFAULT_CPU_FLAGS = ('avx512_vnni', 'avx512_bf16', 'avx_vnni', 'amx_tile
 
 
 def _cpu_flags():
+    """The feature flags of the first CPU in /proc/cpuinfo (empty where there is none)."""
     try:
-        with open('/proc/cpuinfo') as cpuinfo:
-            for line in cpuinfo:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
                 if line.startswith('flags'):
                     return set(line.split(':', 1)[1].split())
     except OSError:
@@ -141,3 +147,65 @@ def onednn_status():
         cpu = 'a CPU with ' + ', '.join(flags) if flags else 'a CPU without ' + '/'.join(_ONEDNN_DEFAULT_CPU_FLAGS)
         reason = "TensorFlow's default on {}; TF_ENABLE_ONEDNN_OPTS=0 or 1 chooses".format(cpu)
     return 'oneDNN: {} ({})'.format('on' if onednn_enabled() else 'off', reason)
+
+
+# mixed precision (TRAIN.AMP / TEST.AMP) ------------------------------------------------
+def amp_compute_dtype():
+    """'float16' where a GPU is visible (its mixed precision), else 'bfloat16' (the CPU's)."""
+    return 'float16' if num_visible_gpus() > 0 else 'bfloat16'
+
+
+def amp_unsupported_reason():
+    """None if mixed precision can run on this device, else a sentence saying why not.
+
+    GPU: Grappler's float16 rewrite only acts on GPUs with tensor cores (compute capability
+    7.0 or more) and silently does nothing on the others. CPU: the bfloat16 rewrite is part
+    of oneDNN (it silently does nothing with oneDNN off) and is only fast where the CPU has
+    bfloat16 instructions.
+    """
+    if num_visible_gpus() > 0:
+        for gpu in _tf.config.list_physical_devices('GPU'):
+            capability = _tf.config.experimental.get_device_details(gpu).get('compute_capability')
+            if capability is None or tuple(capability) < (7, 0):
+                return ('GPU {} has compute capability {}, but float16 mixed precision needs tensor cores '
+                        '(7.0 or more, e.g. V100, T4, A100)'.format(gpu.name, capability))
+        return None
+    if not onednn_enabled():
+        return ("the CPU's bfloat16 rewrite is part of oneDNN, which is off in this process "
+                '(TF_ENABLE_ONEDNN_OPTS={!r}); set TF_ENABLE_ONEDNN_OPTS=1'
+                .format(os.environ.get('TF_ENABLE_ONEDNN_OPTS')))
+    if not _cpu_flags() & {'avx512_bf16', 'amx_bf16'}:
+        return 'this CPU has no bfloat16 instructions (neither avx512_bf16 nor amx_bf16 in /proc/cpuinfo)'
+    return None
+
+
+def check_amp_supported(key):
+    """Raise ValueError naming config `key` (e.g. 'TRAIN.AMP') if mixed precision can't run here."""
+    reason = amp_unsupported_reason()
+    if reason is not None:
+        raise ValueError('{}=True cannot run: {}. Set {}=False to run in float32.'.format(key, reason, key))
+
+
+def enable_amp_rewrite(config, key='TRAIN.AMP/TEST.AMP'):
+    """Switch on, in the ConfigProto `config`, Grappler's mixed-precision rewrite for this device:
+    float16 on GPUs (`auto_mixed_precision`), bfloat16 through oneDNN on CPUs
+    (`auto_mixed_precision_onednn_bfloat16`). Variables and graph inputs/outputs stay float32.
+    On CPUs it also sets, unless set already, the process's AMP_CPU_ALLOWLIST_REMOVE_ENV (below)."""
+    from tensorflow.core.protobuf import rewriter_config_pb2
+
+    check_amp_supported(key)
+    options = config.graph_options.rewrite_options
+    if amp_compute_dtype() == 'float16':
+        options.auto_mixed_precision = rewriter_config_pb2.RewriterConfig.ON
+    else:
+        options.auto_mixed_precision_onednn_bfloat16 = rewriter_config_pb2.RewriterConfig.ON
+        # oneDNN takes no convolution gradient with EXPLICIT padding (the backbone's strided convs);
+        # TF's generic bfloat16 kernels for those are ~20x slower than float32, which made a training
+        # step several times slower than without AMP. So every convolution gradient stays float32:
+        # Grappler reads this variable (the rewrite's documented list edits) when it optimizes a graph.
+        os.environ.setdefault(AMP_CPU_ALLOWLIST_REMOVE_ENV, AMP_CPU_FLOAT32_OPS)
+    return config
+
+
+AMP_CPU_ALLOWLIST_REMOVE_ENV = 'TF_AUTO_MIXED_PRECISION_GRAPH_REWRITE_ALLOWLIST_REMOVE'
+AMP_CPU_FLOAT32_OPS = 'Conv2DBackpropFilter,Conv2DBackpropInput'

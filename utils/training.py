@@ -93,6 +93,47 @@ class AccumGradOptimizer(ProxyOptimizer):
             return tf.group(op, *step_ops, name=name or 'cond_update_grad')
 
 
+# mixed precision: dynamic loss scaling ---------------------------------------------------
+# Per apply_gradients call (one per tower): a bool "this step's gradients were finite and got
+# applied" and the float32 loss scale the step used. The loss watchdog fetches both.
+LOSS_SCALE_COLLECTION = 'amp_loss_scale_steps'
+LOSS_SCALE_SCOPE = 'AMP'   # its variables: AMP/current_loss_scale, AMP/good_steps
+
+
+def with_dynamic_loss_scaling(opt):
+    """`opt` wrapped in TensorFlow's MixedPrecisionLossScaleOptimizer with a dynamic loss scale
+    (starts at 2**15, halves on a step with non-finite gradients, which it skips, and doubles
+    after 2000 finite steps; never below 1), for float16 training.
+
+    Wrap the outermost optimizer (around AccumGradOptimizer): a skipped step then neither
+    accumulates nor counts. The scale's two variables are float32/int64 scalars under 'AMP/';
+    checkpoints without them (float32 runs) start them at their initial values.
+    """
+    mixed_precision = tf.mixed_precision
+
+    class ReportingDynamicLossScale(mixed_precision.DynamicLossScale):
+        def update(self, grads):
+            with tf.control_dependencies([g for g in grads if g is not None]):
+                scale_used = tf.identity(self(), name='loss_scale_used')
+            # The update runs after `scale_used` is read, so that is the scale this step used.
+            with tf.control_dependencies([scale_used]):
+                update_op, should_apply = super().update(grads)
+            tf.add_to_collection(LOSS_SCALE_COLLECTION, should_apply)
+            tf.add_to_collection(LOSS_SCALE_COLLECTION, scale_used)
+            return update_op, should_apply
+
+    with tf.name_scope(LOSS_SCALE_SCOPE + '/'):
+        loss_scale = ReportingDynamicLossScale()
+        tf.summary.scalar('loss_scale-summary', loss_scale())
+    return mixed_precision.MixedPrecisionLossScaleOptimizer(opt, loss_scale)
+
+
+def loss_scale_step_tensors(graph):
+    """[(applied bool tensor, loss scale used float32 tensor), ...] of `graph`, one per tower."""
+    items = graph.get_collection(LOSS_SCALE_COLLECTION)
+    return list(zip(items[0::2], items[1::2]))
+
+
 # checkpoints -----------------------------------------------------------------------------
 _STEP_RE = re.compile(r'-(\d+)$')
 
@@ -195,14 +236,26 @@ def describe_losses(names, values):
     return ', '.join('{}={:.5g}'.format(n, float(v)) for n, v in zip(names, values))
 
 
-def check_losses_finite(step, names, values):
-    """Raise FloatingPointError naming the step and every loss if any loss is NaN or inf."""
+def check_losses_finite(step, names, values, loss_scale_skipped=False, loss_scale=None):
+    """Raise FloatingPointError naming the step and every loss if any loss is NaN or inf.
+
+    With dynamic loss scaling (float16), a step whose gradients were not finite is skipped on
+    purpose and the scale halved: that is tolerated (returns False after a warning) while the
+    scale the step used is above its floor of 1. At the floor, halving can't help any more, so
+    it raises; since every such step halves the scale, only ~15 in a row pass from 2**15.
+    Returns True if the losses were finite.
+    """
     values = np.asarray(values, dtype=np.float64)
     if np.all(np.isfinite(values)):
-        return
+        return True
+    if loss_scale_skipped and loss_scale is not None and loss_scale > 1:
+        logger.warn('Step {}: non-finite loss ({}); loss scaling skipped the update and lowers the scale from '
+                    '{:g}.'.format(step, describe_losses(names, values), loss_scale))
+        return False
+    floor = ' even with the loss scale at its floor of 1 (TRAIN.AMP)' if loss_scale_skipped else ''
     raise FloatingPointError(
-        'Training stopped: non-finite loss at step {}: {}. Lower TRAIN.BASE_LR, lengthen TRAIN.WARMUP, '
-        'or check the data.'.format(step, describe_losses(names, values)))
+        'Training stopped: non-finite loss at step {}{}: {}. Lower TRAIN.BASE_LR, lengthen TRAIN.WARMUP, '
+        'or check the data.'.format(step, floor, describe_losses(names, values)))
 
 
 def make_nonfinite_loss_callback():
@@ -219,12 +272,18 @@ def make_nonfinite_loss_callback():
             self._names = [t.op.name for t in self._tensors]
             if not self._tensors:
                 raise ValueError('No loss tensor found in the training graph to watch.')
+            self._loss_scale_steps = loss_scale_step_tensors(self.graph)   # empty without float16 AMP
 
         def _before_run(self, _):
-            return tf.train.SessionRunArgs(fetches=self._tensors)
+            return tf.train.SessionRunArgs(fetches=[self._tensors, self._loss_scale_steps])
 
         def _after_run(self, _, run_values):
-            check_losses_finite(self.global_step, self._names, run_values.results)
+            losses, loss_scale_steps = run_values.results
+            skipped, scale = False, None
+            if loss_scale_steps:
+                skipped = not all(applied for applied, _ in loss_scale_steps)
+                scale = min(float(used) for _, used in loss_scale_steps)
+            check_losses_finite(self.global_step, self._names, losses, skipped, scale)
 
     return StopOnNonFiniteLoss()
 
