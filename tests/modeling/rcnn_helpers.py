@@ -37,7 +37,8 @@ def configure(*overrides, is_training=True, tiny=True, num_category=None):
     DatasetRegistry.register_metadata(TINY_SPLIT, 'class_names', class_names)
     base = ['DATA.TRAIN=("{}",)'.format(TINY_SPLIT), 'DATA.VAL=("{}",)'.format(TINY_SPLIT),
             'BACKBONE.DATA_FORMAT=NHWC']
-    cfg.update_args(base + (TINY_OVERRIDES if tiny else []) + list(overrides))
+    cfg.update_args(base + (TINY_OVERRIDES if tiny else []))
+    cfg.update_args(list(overrides))   # a second call: overrides may replace the tiny values
     finalize_configs(is_training=is_training)
 
 
