@@ -131,7 +131,8 @@ def _configure(*overrides):
     reset_config()
     cfg.update_args(["DATA.TRAIN=('tiny_train',)", "DATA.VAL=('tiny_train',)", 'DATA.NUM_WORKERS=0',
                      'PREPROC.TRAIN_SHORT_EDGE_SIZE=[64,64]', 'PREPROC.MAX_SIZE=128',
-                     'RPN.ANCHOR_SIZES=(8,16,32,64,128)', 'RPN.BATCH_PER_IM=32'] + list(overrides))
+                     'RPN.ANCHOR_SIZES=(8,16,32,64,128)', 'RPN.BATCH_PER_IM=32'])
+    cfg.update_args(list(overrides))   # a second call: overrides may replace the values above
     finalize_configs(is_training=True)
 
 
