@@ -147,6 +147,10 @@ class COCOFormatSplit(DatasetSplit):
         roidbs = [self._image_entry(img) for img in images]
         self._check_files_exist(roidbs)
         if not add_gt:
+            # The boxes are the ground truth of evaluation: bad values are errors here too.
+            file_of_image = {roidb['image_id']: roidb['file_name'] for roidb in roidbs}
+            for ann in dataset.get('annotations', []):
+                _checked_bbox(ann, self._where(ann, ann.get('image_id'), file_of_image.get(ann.get('image_id'))))
             return roidbs
 
         known = {roidb['image_id'] for roidb in roidbs}
@@ -181,6 +185,9 @@ class COCOFormatSplit(DatasetSplit):
         return {'file_name': os.path.join(self.image_dir, img['file_name']), 'image_id': img['id'],
                 'height': int(img['height']), 'width': int(img['width'])}
 
+    def _where(self, ann, image_id, file_name):
+        return "Annotation {} of image {} ({}) in {}".format(ann.get('id'), image_id, file_name, self.json_path)
+
     def _check_files_exist(self, roidbs):
         missing = [r['file_name'] for r in roidbs if not os.path.isfile(r['file_name'])]
         if missing:
@@ -201,8 +208,7 @@ class COCOFormatSplit(DatasetSplit):
                     "Annotation {} of image {} ({}) has category_id {}, which is not among the categories "
                     "of {}: {}".format(ann.get('id'), roidb['image_id'], roidb['file_name'], ann['category_id'],
                                        self.json_path, sorted(class_of_id)))
-            where = "Annotation {} of image {} ({}) in {}".format(
-                ann.get('id'), roidb['image_id'], roidb['file_name'], self.json_path)
+            where = self._where(ann, roidb['image_id'], roidb['file_name'])
             x, y, w, h = _checked_bbox(ann, where)
             # [x, y, w, h] -> x1y1x2y2 with (0, 0) the top-left corner of the first pixel
             x1, x2 = min(max(x, 0.), width), min(max(x + w, 0.), width)

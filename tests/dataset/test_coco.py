@@ -121,9 +121,10 @@ def test_bad_bbox_names_the_annotation_and_image(tmp_path, bbox, message):
     ann = _ann(17, 1, 5, [1, 1, 3, 3])
     ann['bbox'] = bbox
     split = write_split(tmp_path, [{'id': 1, 'file_name': 'a.jpg', 'height': 10, 'width': 10}], [ann])
-    with pytest.raises(ValueError, match=message) as info:
-        split.training_roidbs()
-    assert str(info.value).startswith('Annotation 17 of image 1 (') and 'a.jpg' in str(info.value)
+    for load in (split.training_roidbs, split.inference_roidbs):   # ground truth of training and of evaluation
+        with pytest.raises(ValueError, match=message) as info:
+            load()
+        assert str(info.value).startswith('Annotation 17 of image 1 (') and 'a.jpg' in str(info.value)
 
 
 def test_non_finite_polygon_names_the_annotation(tmp_path):
