@@ -53,13 +53,14 @@ def run_predict(args):
     return proc.returncode, (proc.stdout + proc.stderr).strip().splitlines()
 
 
-def test_weights_of_another_config_are_an_error_as_the_last_line(setup):
+def test_weights_of_another_config_are_an_error_as_the_last_line(setup, tmp_path):
+    config = [c for c in setup['config'] if 'RESNET_NUM_BLOCKS' not in c] + ['BACKBONE.RESNET_NUM_BLOCKS=[2,2,2,2]']
     code, lines = run_predict(['--load', setup['weights'], '--predict', str(setup['basedir'] / 'val2017' / '1.jpg'),
-                               '--config'] + [c for c in setup['config'] if 'RESNET_NUM_BLOCKS' not in c]
-                              + ['BACKBONE.RESNET_NUM_BLOCKS=[2,2,2,2]'])
+                               '--output-dir', str(tmp_path), '--config'] + config)
     assert code != 0
     assert lines[-1].startswith('ValueError: ') and 'missing from {}'.format(setup['weights']) in lines[-1]
     assert 'BACKBONE.RESNET_NUM_BLOCKS' in lines[-1]
+    assert not os.listdir(str(tmp_path))   # nothing predicted with random layers
 
 
 def test_a_bad_image_is_reported_and_the_others_are_done(setup, tmp_path):
