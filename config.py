@@ -82,6 +82,7 @@ class AttrDict:
         types. Either every override applies or, on the first bad one, none does.
         """
         parsed = [_parse_override(arg) for arg in args]
+        _check_no_repeated_keys(args, parsed)
         for key, value in parsed:
             node, leaf = _resolve_parent(self, key)
             was_frozen = node._frozen
@@ -270,6 +271,17 @@ _VALID = {
     'FPN.PROPOSAL_MODE': ('Level', 'Joint'),
     'FPN.NORM': ('None', 'GN'),
 }
+# Numeric keys with a lower bound: (bound, True if the bound itself is allowed).
+_BOUNDS = {
+    'TRAIN.BASE_LR': (0, False),
+    'TRAIN.WARMUP_INIT_LR': (0, True),
+    'TRAIN.WARMUP': (0, True),
+    'TRAIN.WEIGHT_DECAY': (0, True),
+    'TRAIN.STEPS_PER_EPOCH': (1, True),
+    'TRAIN.STARTING_EPOCH': (1, True),
+    'TRAIN.CHECKPOINT_PERIOD': (1, True),
+    'TRAIN.EVAL_PERIOD': (0, True),
+}
 
 
 # overrides -------------------------------------------------------------------------------
@@ -321,6 +333,17 @@ def _parse_override(arg):
     return key, _check_type(key, value, spec)
 
 
+def _check_no_repeated_keys(args, parsed):
+    """A key given twice in one list of overrides is a mistake: say which, with both values."""
+    first_text = {}
+    for arg, (key, _) in zip(args, parsed):
+        text = arg.split('=', 1)[1]
+        if key in first_text:
+            raise ValueError("Config key {} is given twice: {}={} and {}={}; give it once."
+                             .format(key, key, first_text[key], key, text))
+        first_text[key] = text
+
+
 def _type_names(types):
     return ' or '.join('None' if t is type(None) else t.__name__ for t in types)
 
@@ -363,6 +386,12 @@ def _check_choice(key, value):
     valid = _VALID[key]
     if value not in valid:
         raise ValueError('Config {}={!r} is not one of {}.'.format(key, value, valid))
+
+
+def _check_bound(key, value):
+    bound, inclusive = _BOUNDS[key]
+    if value < bound or (value == bound and not inclusive):
+        raise ValueError('Config {}={!r} must be {} {}.'.format(key, value, '>=' if inclusive else '>', bound))
 
 
 def _count_training_towers(trainer, num_gpus):
@@ -430,6 +459,9 @@ def _finalize(is_training):
     for key in _VALID:
         node, leaf = _resolve_parent(_C, key)
         _check_choice(key, getattr(node, leaf))
+    for key in _BOUNDS:
+        node, leaf = _resolve_parent(_C, key)
+        _check_bound(key, getattr(node, leaf))
     if _C.BACKBONE.NORM != 'FreezeBN' and _C.BACKBONE.FREEZE_AFFINE:
         raise ValueError('BACKBONE.FREEZE_AFFINE=True only works with BACKBONE.NORM=FreezeBN, not {!r}.'
                          .format(_C.BACKBONE.NORM))

@@ -198,9 +198,10 @@ class TrainingMapper:
 
     Picklable, holding only plain values, so it can run in spawned worker processes. Anchor
     grids, augmentors and the random stream are created on first use in each process. Samples
-    that cannot be used (missing or corrupt image, degenerate boxes, no background anchor) are
-    counted in `num_skipped` / `skip_reasons` and skipped with a warning; bad configuration or
-    data that would make every sample fail raises instead.
+    that cannot be used (missing, corrupt or truncated image, degenerate boxes, no background
+    anchor) are counted in `num_skipped` / `skip_reasons` and skipped with a warning; bad
+    configuration or data that would make every sample fail raises instead, and so does an image
+    whose size differs from the one its annotations record (ImageSizeMismatchError).
     """
 
     max_consecutive_skips = 200   # more in a row means the dataset or config is broken
@@ -316,7 +317,7 @@ class TrainingMapper:
             raise ValueError("roidb of {} has class ids {}; they must be in 1..{} (DATA.NUM_CATEGORY)".format(
                 file_name, sorted(set(non_crowd_labels.tolist())), self.num_category))
 
-        image = read_image_bgr(file_name).astype(np.float32)
+        image = read_image_bgr(file_name, expected_hw=recorded_size(roidb)).astype(np.float32)
         height, width = image.shape[:2]
         scale_xy = np.asarray([width, height], dtype=np.float32)
         if not self.absolute_coord:
@@ -454,8 +455,9 @@ def _shard_range(num_items, shard, num_shards):
 def get_eval_dataflow(name, shard=0, num_shards=1):
     """A DataFlow of [image uint8 [H, W, 3] BGR, image_id] over a contiguous shard of split `name`.
 
-    Images are not resized. An unreadable image raises FileNotFoundError / UnreadableImageError
-    naming the file: an evaluation must not silently drop images.
+    Images are not resized. An unreadable or truncated image raises FileNotFoundError /
+    UnreadableImageError naming the file, and one whose size differs from the roidb's
+    height/width raises ImageSizeMismatchError: an evaluation must not silently drop images.
     """
     from dataset import DatasetRegistry
 
@@ -463,11 +465,18 @@ def get_eval_dataflow(name, shard=0, num_shards=1):
     begin, end = _shard_range(len(roidbs), shard, num_shards)
     logger.info("Found {} images for inference in {}; shard {}/{} has images [{}, {}).".format(
         len(roidbs), name, shard, num_shards, begin, end))
-    ds = SeededDataFromList([[roidb['file_name'], roidb['image_id']] for roidb in roidbs[begin:end]],
-                            shuffle=False)
+    ds = SeededDataFromList([[roidb['file_name'], roidb['image_id'], recorded_size(roidb)]
+                             for roidb in roidbs[begin:end]], shuffle=False)
     return MapData(ds, _read_eval_image)
 
 
 def _read_eval_image(datapoint):
-    file_name, image_id = datapoint
-    return [read_image_bgr(file_name), image_id]
+    file_name, image_id, size_hw = datapoint
+    return [read_image_bgr(file_name, expected_hw=size_hw), image_id]
+
+
+def recorded_size(roidb):
+    """(height, width) a roidb records for its image, or None if it records none."""
+    if roidb.get('height') is None or roidb.get('width') is None:
+        return None
+    return int(roidb['height']), int(roidb['width'])

@@ -6,12 +6,16 @@
     python predict.py --load model-5000 --output-pb frozen.pb --output-serving saved_model/
 
 `--load` takes a checkpoint prefix, a `checkpoint` file, a log directory (its newest complete
-checkpoint) or an `.npz`. Nothing is ever deleted: pictures that would overwrite an existing
-file get a numbered name instead.
+checkpoint) or an `.npz`; it must hold every variable of the inference graph with the graph's
+shape (else a ValueError names them and the config key that likely differs). Nothing is ever
+overwritten or deleted: pictures and `--evaluate` results that would overwrite an existing
+file get a numbered name instead. An image of --predict that cannot be read is reported and
+skipped; the exit code is then 1.
 """
 import argparse
 import itertools
 import os
+import sys
 import time
 
 from utils.tf_compat import (  # must come before tensorpack
@@ -21,13 +25,13 @@ import cv2
 import numpy as np
 import tqdm
 from tensorpack.predict import MultiTowerOfflinePredictor, OfflinePredictor, PredictConfig
-from tensorpack.tfutils import SmartInit
 from tensorpack.tfutils.sesscreate import NewSessionCreator
 from tensorpack.utils import logger
 
 from config import config as cfg, finalize_configs
 from dataset import DatasetRegistry, register_balloon, register_coco, register_shapes
 from utils import tensor_names
+from utils.checkpoint_check import CheckedRestore
 from utils.training import resolve_model_path
 
 
@@ -100,11 +104,20 @@ def build_model():
 
 def unused_path(directory, stem, suffix='.png'):
     """`directory/stem.png`, or `stem-1.png`, `stem-2.png`, ... if that exists already."""
-    os.makedirs(directory, exist_ok=True)
+    os.makedirs(directory or '.', exist_ok=True)
     for k in itertools.count():
         path = os.path.join(directory, stem + ('-{}'.format(k) if k else '') + suffix)
         if not os.path.exists(path):
             return path
+
+
+def evaluation_output_path(output_file, split):
+    """`OUT.json-<split>`, or `OUT.json-<split>-1`, ... if that exists already (never overwritten)."""
+    wanted = '{}-{}'.format(output_file, split)
+    path = unused_path(os.path.dirname(wanted), os.path.basename(wanted), suffix='')
+    if path != wanted:
+        logger.warn('{} exists already; writing the detections of {} to {} instead.'.format(wanted, split, path))
+    return path
 
 
 def inference_settings():
@@ -126,7 +139,7 @@ def do_evaluate(pred_config, output_file):
         logger.info('Evaluating {} ...'.format(split))
         dataflows = [get_eval_dataflow(split, shard=k, num_shards=num_towers) for k in range(num_towers)]
         results = multithread_predict_dataflow(dataflows, predictors, **inference_settings())
-        output = '{}-{}'.format(output_file, split)
+        output = evaluation_output_path(output_file, split)
         scores = DatasetRegistry.get(split).eval_inference_results(results, output)
         all_scores[split] = scores
         print('Results of {} (detections written to {}):'.format(split, output))
@@ -145,20 +158,30 @@ def _print_per_class(output):
 
 
 def do_predict(predictor, image_paths, output_dir):
+    """Draw the predictions of each image; returns [(path, reason)] of those that failed.
+
+    An image that cannot be read (missing, corrupt, truncated) or predicted is logged and
+    skipped, and the others are still done.
+    """
     from common import read_image_bgr
     from eval import predict_image
     from viz import draw_final_outputs
 
+    failures = []
     for path in image_paths:
-        image = read_image_bgr(path)
-        if image is None:
-            raise FileNotFoundError('--predict: cannot read image {}'.format(path))
-        results = predict_image(image, predictor, **inference_settings())
-        drawn = draw_final_outputs(image, results, cfg.DATA.CLASS_NAMES, cfg.TEST.RESULT_SCORE_THRESH_VIS)
-        side_by_side = np.concatenate([image, drawn], axis=1)
-        out = unused_path(output_dir, os.path.splitext(os.path.basename(path))[0] + '-pred')
-        cv2.imwrite(out, side_by_side)
+        try:
+            image = read_image_bgr(path)
+            results = predict_image(image, predictor, **inference_settings())
+            drawn = draw_final_outputs(image, results, cfg.DATA.CLASS_NAMES, cfg.TEST.RESULT_SCORE_THRESH_VIS)
+            out = unused_path(output_dir, os.path.splitext(os.path.basename(path))[0] + '-pred')
+            if not cv2.imwrite(out, np.concatenate([image, drawn], axis=1)):
+                raise OSError('cannot write {}'.format(out))
+        except Exception as err:   # noqa: BLE001 - one bad image must not stop the others
+            logger.error('--predict: {} failed: {}'.format(path, err))
+            failures.append((path, str(err)))
+            continue
         logger.info('{}: {} detection(s) -> {}'.format(path, len(results), out))
+    return failures
 
 
 def do_visualize(model, model_path, output_dir, count):
@@ -168,7 +191,7 @@ def do_visualize(model, model_path, output_dir, count):
     out_names = list(tensor_names.proposal_tensor_names(cfg.MODE_FPN)) + [tensor_names.FASTRCNN_ALL_SCORES] + \
         list(tensor_names.OUTPUT_NAMES)
     predictor = OfflinePredictor(PredictConfig(
-        model=model, session_init=SmartInit(model_path), session_creator=_session_creator(),
+        model=model, session_init=CheckedRestore(model_path), session_creator=_session_creator(),
         input_names=[tensor_names.IMAGE], output_names=out_names))
     dataflow = get_train_dataflow()   # resized and flipped like training images, with their gt boxes
     dataflow.reset_state()
@@ -213,6 +236,7 @@ def do_export(pred_config, output_pb, output_serving):
 
 
 def main(argv=None):
+    """Returns the exit code: 0, or 1 if some --predict images failed (errors raise)."""
     args = parse_args(argv)
     cfg.update_args(args.config)
     register_coco(cfg.DATA.BASEDIR)
@@ -230,20 +254,31 @@ def main(argv=None):
         do_visualize(model, model_path, args.output_dir, args.num_visualize)
         model = build_model()
     pred_config = PredictConfig(
-        model=model, session_init=SmartInit(model_path), session_creator=_session_creator(),
+        model=model, session_init=CheckedRestore(model_path), session_creator=_session_creator(),
         input_names=model.get_inference_tensor_names()[0],
         output_names=model.get_inference_tensor_names()[1])
     if args.output_pb or args.output_serving:
         do_export(pred_config, args.output_pb, args.output_serving)
     if args.evaluate:
         do_evaluate(pred_config, args.evaluate)
+    failures = []
     if args.predict or args.benchmark:
         predictor = OfflinePredictor(pred_config)
         if args.predict:
-            do_predict(predictor, args.predict, args.output_dir)
+            failures = do_predict(predictor, args.predict, args.output_dir)
         if args.benchmark:
             do_benchmark(predictor)
+    if failures:
+        sys.stdout.flush()
+        print('predict.py: {} of {} --predict image(s) failed: {}'.format(
+            len(failures), len(args.predict), '; '.join('{} ({})'.format(*f) for f in failures)), file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        exit_code = main()
+    finally:
+        sys.stdout.flush()   # the logs come first: an error's traceback and message are the last lines
+    sys.exit(exit_code)

@@ -18,7 +18,7 @@ from utils.tf_compat import (  # must come before tensorpack
 from tensorpack import QueueInput, TrainConfig, launch_train_with_config
 from tensorpack.callbacks import (
     EstimatedTimeLeft, GPUMemoryTracker, GPUUtilizationTracker, HostMemoryTracker, ModelSaver,
-    PeriodicCallback, ScheduledHyperParamSetter, SessionRunTimeout, ThroughputTracker)
+    PeriodicCallback, SessionRunTimeout, ThroughputTracker)
 from tensorpack.tfutils import SaverRestore, SmartInit
 from tensorpack.utils import logger
 
@@ -89,8 +89,7 @@ def make_callbacks(model, schedule, towers, on_gpu, logdir, rank=None, guard=Non
     saver = ModelSaver(max_to_keep=10, keep_checkpoint_every_n_hours=1)
     callbacks = [
         PeriodicCallback(saver, every_k_epochs=cfg.TRAIN.CHECKPOINT_PERIOD),
-        ScheduledHyperParamSetter('learning_rate', schedule.warmup, interp='linear', step_based=True),
-        ScheduledHyperParamSetter('learning_rate', schedule.epochs),
+        *training.learning_rate_setters(schedule),
         HostMemoryTracker(),
         ThroughputTracker(samples_per_step=towers),
         EstimatedTimeLeft(median=True),

@@ -33,7 +33,8 @@ BENCH_SPLIT = 'bench_coco_like'
 def configure(overrides):
     DatasetRegistry.register_metadata(BENCH_SPLIT, 'class_names', ['BG'] + ['class{}'.format(i) for i in range(80)])
     cfg.update_args(['DATA.TRAIN=("{}",)'.format(BENCH_SPLIT), 'DATA.VAL=("{}",)'.format(BENCH_SPLIT),
-                     'TEST.RESULT_SCORE_THRESH=0.0'] + list(overrides))
+                     'TEST.RESULT_SCORE_THRESH=0.0'])
+    cfg.update_args(list(overrides))   # a second call: --config may replace the values above
     finalize_configs(is_training=False)
 
 

@@ -33,7 +33,11 @@ COCO_SPLITS = ('train2017', 'val2017', 'train2014', 'val2014', 'minival2014', 'v
 
 def _read_json(path):
     with open(path) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError('Annotation file {} is not valid JSON: {} (line {}, column {}). Fix or re-export '
+                             'it.'.format(path, err.msg, err.lineno, err.colno)) from None
 
 
 def sorted_categories(dataset, json_path):
@@ -63,6 +67,20 @@ class _DropCounter(collections.Counter):
         return '; dropped ' + ', '.join(parts) if parts else ''
 
 
+def _checked_bbox(ann, where):
+    """An annotation's [x, y, w, h] as 4 finite floats; ValueError saying what is wrong otherwise."""
+    bbox = ann.get('bbox')
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+        raise ValueError('{} has bbox {!r}; a COCO bbox is 4 numbers [x, y, width, height].'.format(where, bbox))
+    try:
+        values = [float(v) for v in bbox]
+    except (TypeError, ValueError):
+        raise ValueError('{} has a non-numeric bbox {!r}.'.format(where, bbox)) from None
+    if not np.all(np.isfinite(values)):
+        raise ValueError('{} has a non-finite bbox {!r}; fix or remove the annotation.'.format(where, bbox))
+    return values
+
+
 class COCOFormatSplit(DatasetSplit):
     """A split given by a COCO-format json and the directory its `file_name`s are relative to.
 
@@ -74,10 +92,14 @@ class COCOFormatSplit(DatasetSplit):
             create the data on demand.
 
     Bad input, checked when roidbs are loaded: a missing json or image file raises
-    FileNotFoundError, a category id missing from 'categories' raises ValueError. Boxes that
-    are empty after clipping to the image (or have area <= 1), polygons with < 3 points and,
-    when the json has masks, non-crowd instances left without a polygon are dropped and
-    counted in one log line.
+    FileNotFoundError; a json that does not parse, an image without a positive width/height,
+    a category id missing from 'categories', a bbox that is not 4 finite numbers and a polygon
+    with a non-finite coordinate raise ValueError naming the file, the annotation id and the
+    image. Boxes that are empty after clipping to the image (or have area <= 1), polygons with
+    < 3 points and, when the json has masks, non-crowd instances left without a polygon are
+    dropped and counted in one log line. The json's width/height are checked against the
+    decoded image where it is read (data.py): a difference is an error, since the boxes were
+    clipped to the json's size.
     """
 
     def __init__(self, json_path, image_dir, name=None, prepare=None):
@@ -125,6 +147,10 @@ class COCOFormatSplit(DatasetSplit):
         roidbs = [self._image_entry(img) for img in images]
         self._check_files_exist(roidbs)
         if not add_gt:
+            # The boxes are the ground truth of evaluation: bad values are errors here too.
+            file_of_image = {roidb['image_id']: roidb['file_name'] for roidb in roidbs}
+            for ann in dataset.get('annotations', []):
+                _checked_bbox(ann, self._where(ann, ann.get('image_id'), file_of_image.get(ann.get('image_id'))))
             return roidbs
 
         known = {roidb['image_id'] for roidb in roidbs}
@@ -151,8 +177,16 @@ class COCOFormatSplit(DatasetSplit):
         for key in ('id', 'file_name', 'height', 'width'):
             if key not in img:
                 raise ValueError("An image in {} has no '{}': {!r}".format(self.json_path, key, img))
+        sizes = (img['height'], img['width'])
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 1 and v == int(v)
+                   for v in sizes):
+            raise ValueError("Image {} ({}) in {} has height/width {!r}; they must be positive whole numbers of "
+                             "pixels.".format(img['id'], img['file_name'], self.json_path, list(sizes)))
         return {'file_name': os.path.join(self.image_dir, img['file_name']), 'image_id': img['id'],
                 'height': int(img['height']), 'width': int(img['width'])}
+
+    def _where(self, ann, image_id, file_name):
+        return "Annotation {} of image {} ({}) in {}".format(ann.get('id'), image_id, file_name, self.json_path)
 
     def _check_files_exist(self, roidbs):
         missing = [r['file_name'] for r in roidbs if not os.path.isfile(r['file_name'])]
@@ -174,7 +208,8 @@ class COCOFormatSplit(DatasetSplit):
                     "Annotation {} of image {} ({}) has category_id {}, which is not among the categories "
                     "of {}: {}".format(ann.get('id'), roidb['image_id'], roidb['file_name'], ann['category_id'],
                                        self.json_path, sorted(class_of_id)))
-            x, y, w, h = (float(v) for v in ann['bbox'])
+            where = self._where(ann, roidb['image_id'], roidb['file_name'])
+            x, y, w, h = _checked_bbox(ann, where)
             # [x, y, w, h] -> x1y1x2y2 with (0, 0) the top-left corner of the first pixel
             x1, x2 = min(max(x, 0.), width), min(max(x + w, 0.), width)
             y1, y2 = min(max(y, 0.), height), min(max(y + h, 0.), height)
@@ -186,7 +221,7 @@ class COCOFormatSplit(DatasetSplit):
                 continue
             is_crowd = int(ann.get('iscrowd', 0))
             if has_masks:
-                polygons = self._polygons(ann, drops)
+                polygons = self._polygons(ann, drops, where)
                 if polygons is None and not is_crowd:
                     drops['no_polygon'] += 1
                     continue
@@ -201,7 +236,7 @@ class COCOFormatSplit(DatasetSplit):
             roidb['segmentation'] = segmentations
 
     @staticmethod
-    def _polygons(ann, drops):
+    def _polygons(ann, drops, where):
         """The valid polygons of an annotation as float32 [P, 2] arrays, or None if it has none
         (including RLE segmentations, which only crowd regions may use)."""
         segmentation = ann.get('segmentation')
@@ -212,7 +247,14 @@ class COCOFormatSplit(DatasetSplit):
             if len(flat) < 6 or len(flat) % 2 != 0:
                 drops['bad_polygon'] += 1
                 continue
-            polygons.append(np.asarray(flat, dtype=np.float32).reshape(-1, 2))
+            try:
+                polygon = np.asarray(flat, dtype=np.float32).reshape(-1, 2)
+            except (TypeError, ValueError):
+                polygon = None
+            if polygon is None or not np.all(np.isfinite(polygon)):
+                raise ValueError('{} has a polygon with a non-numeric or non-finite coordinate: {!r}. Fix or '
+                                 'remove the annotation.'.format(where, flat))
+            polygons.append(polygon)
         return polygons or None
 
     def eval_inference_results(self, results, output=None):

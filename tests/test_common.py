@@ -34,6 +34,50 @@ def test_read_image_errors_name_the_file(tmp_path):
         common.read_image_bgr(str(tmp_path / 'missing.jpg'))
 
 
+def _jpeg_bytes(progressive=False):
+    image = np.random.RandomState(0).randint(0, 256, (48, 64, 3)).astype(np.uint8)   # mostly scan data
+    flags = [cv2.IMWRITE_JPEG_PROGRESSIVE, 1] if progressive else []
+    return cv2.imencode('.jpg', image, flags)[1].tobytes()
+
+
+@pytest.mark.parametrize('progressive', [False, True])
+def test_truncated_jpeg_is_an_error_naming_the_file(tmp_path, progressive):
+    data = _jpeg_bytes(progressive)
+    complete = tmp_path / 'complete.jpg'
+    complete.write_bytes(data + b'\x00\x00 camera trailer')   # bytes after the end marker are fine
+    assert common.read_image_bgr(str(complete)).shape == (48, 64, 3)
+    for cut in (len(data) // 2, len(data) - 2, len(data) - 1):
+        truncated = tmp_path / 'cut{}.jpg'.format(cut)
+        truncated.write_bytes(data[:cut])
+        assert cv2.imread(str(truncated)) is not None   # what OpenCV alone does: a gray-filled image
+        with pytest.raises(common.TruncatedImageError, match='cut{}.jpg is truncated'.format(cut)):
+            common.read_image_bgr(str(truncated))
+
+
+def test_an_end_marker_inside_a_segment_does_not_hide_truncation(tmp_path):
+    # An APP15 segment whose payload holds FF D9, as an EXIF thumbnail does, then a cut scan.
+    data = _jpeg_bytes()
+    payload = b'thumb\xff\xd9'
+    app15 = b'\xff\xef' + (len(payload) + 2).to_bytes(2, 'big') + payload
+    with_segment = data[:2] + app15 + data[2:]
+    assert common.jpeg_is_complete(with_segment)
+    assert not common.jpeg_is_complete(with_segment[:len(with_segment) // 2])
+    path = tmp_path / 'thumb.jpg'
+    path.write_bytes(with_segment[:-10])
+    with pytest.raises(common.TruncatedImageError, match='thumb.jpg'):
+        common.read_image_bgr(str(path))
+
+
+def test_image_size_must_match_the_annotations(tmp_path):
+    path = tmp_path / 'image.png'
+    cv2.imwrite(str(path), np.zeros((4, 6, 3), np.uint8))
+    assert common.read_image_bgr(str(path), expected_hw=(4, 6)).shape == (4, 6, 3)
+    with pytest.raises(common.ImageSizeMismatchError, match=r'image.png is 6x4 .* annotations say 5x3;'):
+        common.read_image_bgr(str(path), expected_hw=(3, 5))
+    with pytest.raises(common.ImageSizeMismatchError, match='swapped'):
+        common.read_image_bgr(str(path), expected_hw=(6, 4))
+
+
 def test_resized_shape():
     # 480 x 640 -> short edge 800: long edge 640 * 800 / 480 = 1066.67, rounded half-up to 1067
     assert common.resized_shape(480, 640, 800, 1333) == (800, 1067)

@@ -98,6 +98,15 @@ def test_failed_update_applies_nothing():
     assert cfg.TRAIN.BASE_LR == 1e-2
 
 
+def test_a_key_given_twice_is_an_error_naming_both_values():
+    with pytest.raises(ValueError, match=r'TRAIN.BASE_LR is given twice: TRAIN.BASE_LR=0.02 and TRAIN.BASE_LR=0.5'):
+        cfg.update_args(['TRAIN.BASE_LR=0.02', 'MODE_FPN=False', 'TRAIN.BASE_LR=0.5'])
+    assert cfg.TRAIN.BASE_LR == 1e-2 and cfg.MODE_FPN is True   # nothing applied
+    cfg.update_args(['TRAIN.BASE_LR=0.02'])
+    cfg.update_args(['TRAIN.BASE_LR=0.5'])   # separate calls may override each other
+    assert cfg.TRAIN.BASE_LR == 0.5
+
+
 def test_override_without_equals_sign():
     with pytest.raises(ValueError, match='KEY=VALUE'):
         cfg.update_args(['MODE_FPN'])
@@ -191,6 +200,12 @@ def test_finalize_rejects_mismatched_classes(registered_split):
     (['PREPROC.TRAIN_SHORT_EDGE_SIZE=[800, 600]'], 'TRAIN_SHORT_EDGE_SIZE'),
     (['BACKBONE.DATA_FORMAT=channels_last'], 'DATA_FORMAT'),
     (['TRAIN.ACCUMULATE_STEPS=0'], 'ACCUMULATE_STEPS'),
+    (['TRAIN.BASE_LR=-0.01'], r'TRAIN.BASE_LR=-0.01 must be > 0'),
+    (['TRAIN.BASE_LR=0'], r'TRAIN.BASE_LR=0.0 must be > 0'),
+    (['TRAIN.STEPS_PER_EPOCH=0'], r'TRAIN.STEPS_PER_EPOCH=0 must be >= 1'),
+    (['TRAIN.STEPS_PER_EPOCH=-5'], r'TRAIN.STEPS_PER_EPOCH=-5 must be >= 1'),
+    (['TRAIN.WARMUP_INIT_LR=-1e-5'], 'WARMUP_INIT_LR'),
+    (['TRAIN.CHECKPOINT_PERIOD=0'], 'CHECKPOINT_PERIOD'),
 ])
 def test_finalize_validation_errors(registered_split, overrides, message):
     cfg.update_args(overrides)

@@ -131,7 +131,8 @@ def _configure(*overrides):
     reset_config()
     cfg.update_args(["DATA.TRAIN=('tiny_train',)", "DATA.VAL=('tiny_train',)", 'DATA.NUM_WORKERS=0',
                      'PREPROC.TRAIN_SHORT_EDGE_SIZE=[64,64]', 'PREPROC.MAX_SIZE=128',
-                     'RPN.ANCHOR_SIZES=(8,16,32,64,128)', 'RPN.BATCH_PER_IM=32'] + list(overrides))
+                     'RPN.ANCHOR_SIZES=(8,16,32,64,128)', 'RPN.BATCH_PER_IM=32'])
+    cfg.update_args(list(overrides))   # a second call: overrides may replace the values above
     finalize_configs(is_training=True)
 
 
@@ -244,6 +245,43 @@ def test_corrupt_image_is_skipped_and_counted(tiny_split, tmp_path):
     worker = mapper.for_worker(0)
     failure = worker(dict(tiny_split[0], **{'class': np.array([1, 7, 1], np.int32)}))
     assert 'DATA.NUM_CATEGORY' in failure[common.WORKER_FAILURE_KEY]
+
+
+def _truncated_copy(roidb, path):
+    """`roidb` with its image re-encoded as a JPEG cut in the middle of its data."""
+    data = cv2.imencode('.jpg', cv2.imread(roidb['file_name']))[1].tobytes()
+    path.write_bytes(data[:len(data) // 2])
+    return dict(roidb, file_name=str(path))
+
+
+def test_truncated_image_is_skipped_and_counted_in_training(tiny_split, tmp_path):
+    truncated = _truncated_copy(tiny_split[0], tmp_path / 'truncated.jpg')
+    DatasetRegistry.register('tiny_train', lambda: _ListSplit(tiny_split + [truncated]))
+    _configure()
+    ds = data.get_train_dataflow()
+    assert len(_collect(ds)) == 3
+    assert ds.func.num_skipped == 1 and ds.func.skip_reasons == {'TruncatedImageError': 1}
+
+
+def test_image_size_differing_from_the_annotations_is_an_error(tiny_split, tmp_path):
+    wrong = dict(tiny_split[0], height=24, width=32)   # the file is 48 x 64
+    _configure()
+    mapper = data._mapper_from_config(cfg, rank=0)
+    with pytest.raises(common.ImageSizeMismatchError, match='color.png is 64x48 .* say 32x24'):
+        mapper(wrong)
+    split = _ListSplit([wrong])
+    split.inference_roidbs = split.training_roidbs   # with height and width, as COCO-format splits give
+    DatasetRegistry.register('tiny_train', lambda: split)
+    with pytest.raises(common.ImageSizeMismatchError, match='color.png'):
+        _collect(data.get_eval_dataflow('tiny_train'))
+
+
+def test_truncated_image_is_an_error_in_evaluation(tiny_split, tmp_path):
+    truncated = _truncated_copy(tiny_split[0], tmp_path / 'truncated.jpg')
+    DatasetRegistry.register('tiny_train', lambda: _ListSplit([tiny_split[1], truncated]))
+    _configure()
+    with pytest.raises(common.TruncatedImageError, match='truncated.jpg'):
+        _collect(data.get_eval_dataflow('tiny_train'))
 
 
 def test_relative_coordinates_match_absolute(tiny_split):

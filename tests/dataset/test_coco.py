@@ -109,6 +109,66 @@ def test_unknown_category_names_id_and_image(tmp_path):
     assert 'a.jpg' in str(info.value)
 
 
+@pytest.mark.parametrize('bbox, message', [
+    ([1, 1, 3], r'has bbox \[1, 1, 3\]; a COCO bbox is 4 numbers'),
+    ([1, 1, 3, 3, 5], 'a COCO bbox is 4 numbers'),
+    (None, 'has bbox None'),
+    ([1, 'x', 3, 3], 'non-numeric bbox'),
+    ([1, float('nan'), 3, 3], 'non-finite bbox'),
+    ([1, 1, float('inf'), 3], 'non-finite bbox'),
+])
+def test_bad_bbox_names_the_annotation_and_image(tmp_path, bbox, message):
+    ann = _ann(17, 1, 5, [1, 1, 3, 3])
+    ann['bbox'] = bbox
+    split = write_split(tmp_path, [{'id': 1, 'file_name': 'a.jpg', 'height': 10, 'width': 10}], [ann])
+    for load in (split.training_roidbs, split.inference_roidbs):   # ground truth of training and of evaluation
+        with pytest.raises(ValueError, match=message) as info:
+            load()
+        assert str(info.value).startswith('Annotation 17 of image 1 (') and 'a.jpg' in str(info.value)
+
+
+def test_non_finite_polygon_names_the_annotation(tmp_path):
+    polygon = _square(1, 1, 3)
+    polygon[3] = float('nan')
+    split = write_split(tmp_path, [{'id': 1, 'file_name': 'a.jpg', 'height': 10, 'width': 10}],
+                        [_ann(4, 1, 5, [1, 1, 3, 3], segmentation=[polygon])])
+    with pytest.raises(ValueError, match=r'Annotation 4 of image 1 .*a.jpg.* non-finite coordinate'):
+        split.training_roidbs()
+
+
+def test_malformed_json_names_its_path(tmp_path):
+    split = write_split(tmp_path, [], [])
+    with open(split.json_path, 'w') as f:
+        f.write('{"images": [], "annotations": [,]}')
+    with pytest.raises(ValueError, match=r'instances_toy.json is not valid JSON: .*line 1, column'):
+        split.training_roidbs()
+    with pytest.raises(ValueError, match='instances_toy.json'):
+        split.class_names()
+
+
+@pytest.mark.parametrize('size', [(0, 10), (10, -3), (10, 'ten'), (10.5, 10)])
+def test_bad_image_size_in_the_json_names_the_image(tmp_path, size):
+    split = write_split(tmp_path, [{'id': 1, 'file_name': 'a.jpg', 'height': 10, 'width': 10}], [])
+    with open(split.json_path) as f:
+        dataset = json.load(f)
+    dataset['images'][0]['height'], dataset['images'][0]['width'] = size
+    with open(split.json_path, 'w') as f:
+        json.dump(dataset, f)
+    with pytest.raises(ValueError, match=r'Image 1 \(a.jpg\) .* positive whole numbers'):
+        split.inference_roidbs()
+
+
+def test_json_size_smaller_than_the_image_is_an_error_where_the_image_is_read(tmp_path):
+    from common import ImageSizeMismatchError, read_image_bgr
+    from data import recorded_size
+
+    split = write_split(tmp_path, [{'id': 1, 'file_name': 'a.jpg', 'height': 10, 'width': 12}], [])
+    cv2.imwrite(str(tmp_path / 'toy' / 'a.jpg'), np.zeros((20, 24, 3), np.uint8))   # the real image is larger
+    roidb = split.inference_roidbs()[0]
+    with pytest.raises(ImageSizeMismatchError, match=r'a.jpg is 24x20 .* annotations say 12x10'):
+        read_image_bgr(roidb['file_name'], expected_hw=recorded_size(roidb))
+
+
 def test_missing_json_explains_layout(tmp_path):
     split = COCODetection(str(tmp_path), 'val2017')
     with pytest.raises(FileNotFoundError, match='instances_val2017.json.*annotations/instances_<split>.json'):

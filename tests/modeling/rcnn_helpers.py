@@ -5,7 +5,7 @@ from utils.tf_compat import tf  # noqa: I001  (must come before tensorpack)
 
 from tensorpack.tfutils.tower import TowerContext
 
-from config import config as cfg, finalize_configs
+from config import config as cfg, finalize_configs, reset_config
 from data import AnchorLabelParams, anchor_input_entries, get_multilevel_rpn_anchor_input
 from dataset import DatasetRegistry
 from utils import tensor_names as names
@@ -37,7 +37,8 @@ def configure(*overrides, is_training=True, tiny=True, num_category=None):
     DatasetRegistry.register_metadata(TINY_SPLIT, 'class_names', class_names)
     base = ['DATA.TRAIN=("{}",)'.format(TINY_SPLIT), 'DATA.VAL=("{}",)'.format(TINY_SPLIT),
             'BACKBONE.DATA_FORMAT=NHWC']
-    cfg.update_args(base + (TINY_OVERRIDES if tiny else []) + list(overrides))
+    cfg.update_args(base + (TINY_OVERRIDES if tiny else []))
+    cfg.update_args(list(overrides))   # a second call: overrides may replace the tiny values
     finalize_configs(is_training=is_training)
 
 
@@ -164,3 +165,20 @@ def run_inference(datapoint_image):
         with tf.Session() as sess:
             sess.run(tf.global_variables_initializer())
             return sess.run(outputs, feed_dict={inputs[names.IMAGE]: datapoint_image}), outputs
+
+
+def save_random_model(path, *overrides, num_category=None):
+    """Build the tiny inference graph of `overrides`, save its random variables to `path`
+    (a checkpoint prefix, or an .npz as tensorpack's model zoo has them); returns the values."""
+    reset_config()
+    configure(*overrides, is_training=False, num_category=num_category)
+    with tf.Graph().as_default():
+        build_inference_graph(build_model())
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            values = sess.run({v.op.name: v for v in tf.global_variables()})
+            if path.endswith('.npz'):
+                np.savez(path, **{name + ':0': value for name, value in values.items()})
+            else:
+                tf.train.Saver().save(sess, path, write_meta_graph=False)
+    return values
