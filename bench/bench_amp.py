@@ -52,7 +52,8 @@ def configure(overrides, basedir, is_training):
     reset_config()
     register_shapes(basedir, num_train=4, num_val=1, image_size=256, seed=0)
     cfg.update_args(['DATA.TRAIN=shapes_train', 'DATA.VAL=shapes_val', 'DATA.NUM_WORKERS=0',
-                     'DATA.BASEDIR=' + basedir, 'TEST.RESULT_SCORE_THRESH=0.0'] + list(overrides))
+                     'DATA.BASEDIR=' + basedir, 'TEST.RESULT_SCORE_THRESH=0.0'])
+    cfg.update_args(list(overrides))   # a second call may override the first (one call may not repeat a key)
     finalize_configs(is_training=is_training)
 
 
