@@ -510,7 +510,8 @@ def _finalize(is_training):
             _C.TRAIN.NUM_GPUS = num_visible_gpus()
 
     towers = max(_C.TRAIN.NUM_GPUS, 1)
-    if towers % 8 != 0 and 8 % towers != 0:
+    # Only training needs the towers to make up the reference batch of 8; prediction runs on any number of GPUs.
+    if is_training and towers % 8 != 0 and 8 % towers != 0:
         raise ValueError('Training runs on 1, 2, 4 or a multiple of 8 towers, not {} (TRAIN.NUM_GPUS).'
                          .format(towers))
     if _C.TRAIN.ACCUMULATE_STEPS is None:

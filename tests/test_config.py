@@ -182,6 +182,18 @@ def test_finalize_rejects_more_gpus_than_visible(registered_split):
         finalize_configs(is_training=True)
 
 
+def test_tower_count_rule_is_for_training_only(registered_split, monkeypatch):
+    """Three GPUs can't make the reference batch of 8, so training refuses them; prediction runs."""
+    from utils import tf_compat
+    monkeypatch.setattr(tf_compat, 'num_visible_gpus', lambda: 3)
+    with pytest.raises(ValueError, match='1, 2, 4 or a multiple of 8 towers, not 3'):
+        finalize_configs(is_training=True)
+    reset_config()
+    cfg.update_args(["DATA.TRAIN=('cfgtest_train',)", "DATA.VAL=('cfgtest_val',)"])
+    finalize_configs(is_training=False)
+    assert cfg.TRAIN.NUM_GPUS == 3
+
+
 def test_finalize_rejects_mismatched_classes(registered_split):
     cfg.update_args(["DATA.VAL=('cfgtest_other',)"])
     with pytest.raises(ValueError, match='cfgtest_other'):
