@@ -12,7 +12,8 @@ import os
 import shutil
 import time
 
-from utils.tf_compat import num_visible_gpus, session_config, tf  # must come before tensorpack
+from utils.tf_compat import (  # must come before tensorpack
+    num_visible_gpus, replicated_allreduce_mode, session_config, tf)
 
 from tensorpack import QueueInput, TrainConfig, launch_train_with_config
 from tensorpack.callbacks import (
@@ -99,6 +100,8 @@ def make_callbacks(model, schedule, towers, on_gpu, logdir, rank=None):
         callbacks += [GPUMemoryTracker(), GPUUtilizationTracker()]
     if rank is not None:
         callbacks.append(training.make_fingerprint_callback(rank))
+    elif towers > 1:
+        callbacks.append(training.make_tower_fingerprint_callback(towers))
     if cfg.TRAIN.EVAL_PERIOD > 0:
         from eval import EvalCallback
         # Every rank gets the directory: Horovod ranks other than 0 write their part of the results there.
@@ -113,7 +116,8 @@ def make_trainer(is_horovod):
         return training.make_horovod_trainer(average=False)
     if cfg.TRAIN.NUM_GPUS > 0:
         from tensorpack.train import SyncMultiGPUTrainerReplicated
-        return SyncMultiGPUTrainerReplicated(cfg.TRAIN.NUM_GPUS, average=False, mode='nccl')
+        # NCCL between GPUs; tests that stand CPU towers in for GPUs get a plain sum (utils/tf_compat.py)
+        return SyncMultiGPUTrainerReplicated(cfg.TRAIN.NUM_GPUS, average=False, mode=replicated_allreduce_mode())
     from tensorpack.train import SimpleTrainer
     return SimpleTrainer()
 

@@ -81,6 +81,43 @@ def num_visible_gpus():
     return len(_tf.config.list_physical_devices('GPU'))
 
 
+# The multi-GPU code paths on a CPU (tests only) -------------------------------------------
+CPU_TOWERS_ENV = 'FRCNN_CPU_TOWERS'
+
+
+def cpu_towers():
+    """How many GPU towers the CPU stands in for: the integer in $FRCNN_CPU_TOWERS, 0 if unset.
+
+    Test-only, and the one switch between the GPU and the CPU placement of towers: with it, the
+    replicated trainer and the multi-tower predictors build their `/gpu:N` towers as on a GPU
+    machine and TensorFlow's soft placement (on in tensorpack's session config) runs them on the
+    CPU. Everything that depends on real GPUs (NCHW, the session threads, the GPU trackers)
+    keeps following `num_visible_gpus()`.
+    """
+    text = os.environ.get(CPU_TOWERS_ENV, '').strip()
+    if not text:
+        return 0
+    if not text.isdigit():
+        raise ValueError('{}={!r}: give a number of towers (e.g. 2), or unset it.'.format(CPU_TOWERS_ENV, text))
+    if int(text) > 0 and num_visible_gpus() > 0:
+        raise ValueError("{}={} stands CPU towers in for GPUs, but this process sees GPUs: unset it, or hide "
+                         "the GPUs with CUDA_VISIBLE_DEVICES=''.".format(CPU_TOWERS_ENV, text))
+    return int(text)
+
+
+def num_tower_devices():
+    """Devices training and evaluation may put one tower each on: the visible GPUs (0 on a
+    CPU-only machine), or the CPU stand-ins of `cpu_towers()`."""
+    return num_visible_gpus() or cpu_towers()
+
+
+def replicated_allreduce_mode():
+    """How the replicated trainer sums the towers' gradients: 'nccl' between GPUs; with CPU
+    stand-ins (which have no NCCL kernels) tensorpack's 'gpu' mode, a plain add_n per variable
+    on the towers' devices."""
+    return 'gpu' if cpu_towers() > 0 else 'nccl'
+
+
 def default_data_format():
     """'NCHW' where a GPU is visible (cuDNN's fast layout), else 'NHWC'.
 
