@@ -13,7 +13,7 @@ HOROVOD_STAMP := $(VENV)/.horovod-installed
 HOROVOD_ENV := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
 	HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
 
-.PHONY: venv horovod demo test lint bench
+.PHONY: venv horovod demo test lint bench gpu-check
 
 venv: $(STAMP)
 
@@ -61,6 +61,10 @@ demo: venv
 test: venv horovod
 	$(PY) -m ruff check .
 	$(PY) -m pytest tests -q
+
+# On a GPU machine, before a long job (about 10 minutes; not part of `make test`). See README.
+gpu-check: venv
+	tools/gpu_check.sh
 
 lint: venv
 	$(PY) -m ruff check .
