@@ -14,12 +14,12 @@ import itertools
 import os
 import time
 
-from utils.tf_compat import session_config  # must come before tensorpack
+from utils.tf_compat import multi_tower_predictor, session_config  # must come before tensorpack
 
 import cv2
 import numpy as np
 import tqdm
-from tensorpack.predict import MultiTowerOfflinePredictor, OfflinePredictor, PredictConfig
+from tensorpack.predict import OfflinePredictor, PredictConfig
 from tensorpack.tfutils import SmartInit
 from tensorpack.tfutils.sesscreate import NewSessionCreator
 from tensorpack.utils import logger
@@ -81,7 +81,7 @@ def do_evaluate(pred_config, output_file):
 
     num_towers = max(cfg.TRAIN.NUM_GPUS, 1)
     if cfg.TRAIN.NUM_GPUS > 0:
-        predictors = MultiTowerOfflinePredictor(pred_config, list(range(num_towers))).get_predictors()
+        predictors = multi_tower_predictor(pred_config, list(range(num_towers))).get_predictors()
     else:
         predictors = [OfflinePredictor(pred_config)]
     all_scores = {}

@@ -186,14 +186,15 @@ def test_two_towers_sum_the_single_tower_gradients_of_their_images(shapes_dir, m
 
     names = [v.op.name for v in variables]
     expected = {name: a + b for name, a, b in zip(names, *single)}
-    # Relative to each variable's largest gradient entry, floored at 1e-4 of the largest of all
-    # (float32 sums in another order; a few variables get almost no gradient from 2 images).
+    # Relative to each variable's largest gradient entry, floored at 1e-4 of the largest of all.
+    # Float32 sums in another order (the sampled rois are shuffled) leave up to ~1e-3 where
+    # terms cancel (measured on maskrcnn/deconv/W); a wrong sum or image is off by O(1).
     scale = max(np.abs(value).max() for value in expected.values())
     errors = {name: np.abs(applied[0][name] - expected[name]).max() / max(np.abs(expected[name]).max(), 1e-4 * scale)
               for name in names}
     worst = max(errors, key=errors.get)
     print('largest relative gradient difference: {:.2g} ({})'.format(errors[worst], worst))
-    assert errors[worst] < 1e-3, worst
+    assert errors[worst] < 1e-2, worst
     for name in names:
         np.testing.assert_array_equal(applied[1]['tower1/' + name], applied[0][name], err_msg=name)
     # The two images must pull differently, or a tower fed the other's image would pass too.
@@ -226,14 +227,32 @@ def test_two_towers_scale_the_schedule_and_accumulate_four_steps(replicated_run)
 
     # Accumulation: 12 steps counted; the sums were applied and reset at steps 4, 8 and 12.
     reader = tf.train.NewCheckpointReader(training.latest_complete_checkpoint(replicated_run.logdir))
-    assert reader.get_tensor('AccumGrad/counter') == LAST_STEP
-    slots = [name for name in reader.get_variable_to_shape_map() if name.endswith('/AccumGrad')]
+    saved = reader.get_variable_to_shape_map()
+    # tower 0's counter; the replicated trainer applies gradients under the name scope 'apply_gradients'
+    assert reader.get_tensor('apply_gradients/AccumGrad/counter') == LAST_STEP
+    slots = [name for name in saved if name.endswith('/AccumGrad')]
     assert slots and all(not np.any(reader.get_tensor(name)) for name in slots)
 
 
 # evaluation ----------------------------------------------------------------------------------
+def evaluate(run, towers, tmp_dir):
+    """predict.py --evaluate on the run's checkpoint with `towers` CPU towers (0: the plain CPU
+    path): (COCO scores, detection_keys of its result json, log)."""
+    out = os.path.join(tmp_dir, 'towers{}.json'.format(towers))
+    returncode, log = run_script(['predict.py', '--load', run.logdir, '--evaluate', out, '--config'] + run.config,
+                                 towers, os.path.join(tmp_dir, 'predict{}.log'.format(towers)))
+    assert returncode == 0, tail(log)
+    with open(out + '-shapes_val') as f:
+        return coco_scores(log), detection_keys(json.load(f)), log
+
+
+@pytest.fixture(scope='module')
+def one_tower_evaluation(replicated_run, tmp_path_factory):
+    return evaluate(replicated_run, 0, str(tmp_path_factory.mktemp('one_tower_eval')))
+
+
 @needs_cpu_only
-def test_eval_callback_predicts_every_image_with_two_towers(replicated_run, tmp_path):
+def test_eval_callback_predicts_every_image_with_two_towers(replicated_run, one_tower_evaluation):
     output = replicated_run.output
     for tower in (0, 1):
         assert "Building graph for predict tower 'tower-pred-{0}' on device /gpu:{0}".format(tower) in output
@@ -241,33 +260,16 @@ def test_eval_callback_predicts_every_image_with_two_towers(replicated_run, tmp_
     with open(os.path.join(replicated_run.logdir, 'shapes_val-outputs{}.json'.format(LAST_STEP))) as f:
         during_training = json.load(f)
     assert {r['image_id'] for r in during_training} == set(range(1, NUM_VAL + 1))
-
     # The same weights through predict.py on one tower: the same detections.
-    returncode, log = run_script(['predict.py', '--load', replicated_run.logdir, '--evaluate',
-                                  str(tmp_path / 'one.json'), '--config'] + replicated_run.config, 0,
-                                 str(tmp_path / 'predict.log'))
-    assert returncode == 0, tail(log)
-    with open(str(tmp_path / 'one.json') + '-shapes_val') as f:
-        offline = json.load(f)
-    assert detection_keys(during_training) == detection_keys(offline)
+    assert detection_keys(during_training) == one_tower_evaluation[1]
 
 
 @needs_cpu_only
-def test_predict_evaluate_with_two_towers_equals_one(replicated_run, tmp_path):
-    scores, detections = {}, {}
-    for towers in (0, 2):
-        out = str(tmp_path / 'towers{}.json'.format(towers))
-        returncode, log = run_script(['predict.py', '--load', replicated_run.logdir, '--evaluate', out,
-                                      '--config'] + replicated_run.config, towers,
-                                     str(tmp_path / 'predict{}.log'.format(towers)))
-        assert returncode == 0, tail(log)
-        scores[towers] = coco_scores(log)
-        with open(out + '-shapes_val') as f:
-            detections[towers] = detection_keys(json.load(f))
-        if towers:
-            assert 'shard 2/2 has images [2, 4)' in log   # both towers predicted a half
-    assert scores[0] and scores[0] == scores[2]
-    assert detections[0] and detections[0] == detections[2]
+def test_predict_evaluate_with_two_towers_equals_one(replicated_run, one_tower_evaluation, tmp_path):
+    scores, detections, log = evaluate(replicated_run, 2, str(tmp_path))
+    assert 'shard 1/2 has images [2, 4)' in log   # each tower predicted one half
+    assert one_tower_evaluation[0] and scores == one_tower_evaluation[0]
+    assert one_tower_evaluation[1] and detections == one_tower_evaluation[1]
 
 
 # NCHW and NHWC ------------------------------------------------------------------------------
@@ -341,7 +343,7 @@ def test_nchw_and_nhwc_agree_on_the_same_weights(shapes_dir):
                 if data_format == 'NHWC':   # the NCHW heads get the same final boxes and labels
                     boxes, labels = sess.run(['infer/output/boxes:0', 'infer/output/labels:0'],
                                              {inputs[0]: datapoint['image']})
-                heads = ['infer/fastrcnn_all_scores:0', 'infer/fastrcnn_all_boxes:0', 'infer/output/masks:0']
+                heads = ['infer/fastrcnn_all_scores:0', 'infer/clip_boxes/fastrcnn_all_boxes:0', 'infer/output/masks:0']
                 fed = {'infer/generate_fpn_proposals/boxes:0': proposals,
                        graph.get_tensor_by_name('infer/output/boxes:0').op.inputs[0]: boxes,
                        graph.get_tensor_by_name('infer/output/labels:0').op.inputs[0]: labels,

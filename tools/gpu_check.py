@@ -18,6 +18,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -84,10 +85,13 @@ class Runner:
         with open(log_path, 'w') as log:
             log.write('$ {}\n'.format(' '.join(cmd)))
             log.flush()
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
             try:
-                returncode = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                            timeout=timeout, start_new_session=True).returncode
+                returncode = proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)   # the run and what it started (ranks, data workers)
+                proc.wait()
                 returncode = 'timeout after {} s'.format(timeout)
         with open(log_path) as f:
             return returncode, f.read(), log_path
@@ -394,7 +398,8 @@ def layout_probe(checkpoint, out_path, overrides):
     final_boxes = graph.get_tensor_by_name(tensor_names.OUTPUT_BOXES + ':0').op.inputs[0]
     final_labels = graph.get_tensor_by_name(tensor_names.OUTPUT_LABELS + ':0').op.inputs[0]
     proposals_name = tensor_names.proposal_tensor_names(cfg.MODE_FPN)[0] + ':0'
-    fetches = [tensor_names.FASTRCNN_ALL_SCORES + ':0', 'fastrcnn_all_boxes:0', tensor_names.OUTPUT_MASKS + ':0']
+    fetches = [tensor_names.FASTRCNN_ALL_SCORES + ':0', 'clip_boxes/fastrcnn_all_boxes:0',
+               tensor_names.OUTPUT_MASKS + ':0']
     resize = CustomResize(cfg.PREPROC.TEST_SHORT_EDGE_SIZE, cfg.PREPROC.MAX_SIZE)
     results = {'scores': [], 'boxes': [], 'masks': []}
     roidbs = DatasetRegistry.get(cfg.DATA.VAL[0]).inference_roidbs()
