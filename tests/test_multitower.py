@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from utils import training
-from utils.tf_compat import CPU_TOWERS_ENV, num_visible_gpus, replicated_allreduce_mode, tf
+from utils.tf_compat import CPU_TOWERS_ENV, nchw_kernels_available, num_visible_gpus, replicated_allreduce_mode, tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_SECONDS = 600
@@ -273,25 +273,11 @@ def test_predict_evaluate_with_two_towers_equals_one(replicated_run, one_tower_e
 
 
 # NCHW and NHWC ------------------------------------------------------------------------------
-def _cpu_has_nchw_kernels():
-    """Stock CPU kernels of Conv2D and pooling are NHWC-only; oneDNN's take NCHW too."""
-    with tf.Graph().as_default():
-        image = tf.zeros([1, 2, 4, 4])
-        out = tf.nn.max_pool2d(tf.nn.conv2d(image, tf.zeros([3, 3, 2, 2]), 1, 'SAME', data_format='NCHW'),
-                               2, 2, 'SAME', data_format='NCHW')
-        with tf.Session(config=tf.ConfigProto(device_count={'GPU': 0})) as sess:
-            try:
-                sess.run(out)
-            except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
-                return False
-    return True
-
-
 @needs_cpu_only
 def test_nchw_and_nhwc_agree_on_the_same_weights(shapes_dir):
     """Training losses and gradients, and the heads' inference outputs, of the full FPN Mask R-CNN
     in both layouts. Runs where the CPU has NCHW kernels (oneDNN); see NOTES.md."""
-    if not _cpu_has_nchw_kernels():
+    if not nchw_kernels_available():
         pytest.skip('this CPU build has no NCHW kernels for Conv2D / pooling (TF_ENABLE_ONEDNN_OPTS=0)')
     from tensorpack.tfutils.tower import TowerContext
 

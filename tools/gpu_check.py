@@ -368,7 +368,7 @@ def layout_probe(checkpoint, out_path, overrides):
     """
     import numpy as np
 
-    from utils.tf_compat import session_config, tf
+    from utils.tf_compat import nchw_kernels_available, session_config, tf
 
     tf.config.experimental.enable_tensor_float_32_execution(False)   # float32 on Ampere+ GPUs too
 
@@ -386,7 +386,7 @@ def layout_probe(checkpoint, out_path, overrides):
     cfg.update_args(overrides)
     register_shapes(cfg.DATA.BASEDIR)
     finalize_configs(is_training=False)
-    if cfg.BACKBONE.DATA_FORMAT == 'NCHW' and not _has_nchw_kernels(tf):
+    if cfg.BACKBONE.DATA_FORMAT == 'NCHW' and not nchw_kernels_available():
         print('NO_NCHW_KERNELS: this device has no NCHW kernels for Conv2D / pooling')
         sys.exit(3)
     model = predict.build_model()
@@ -419,19 +419,6 @@ def layout_probe(checkpoint, out_path, overrides):
     np.savez(out_path, num_images=len(roidbs), data_format=cfg.BACKBONE.DATA_FORMAT,
              **{key: np.concatenate(values) for key, values in results.items()})
     print('Wrote {} ({} images, {})'.format(out_path, len(roidbs), cfg.BACKBONE.DATA_FORMAT))
-
-
-def _has_nchw_kernels(tf):
-    with tf.Graph().as_default():
-        image = tf.zeros([1, 2, 4, 4])
-        out = tf.nn.max_pool2d(tf.nn.conv2d(image, tf.zeros([3, 3, 2, 2]), 1, 'SAME', data_format='NCHW'),
-                               2, 2, 'SAME', data_format='NCHW')
-        with tf.Session() as sess:
-            try:
-                sess.run(out)
-            except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
-                return False
-    return True
 
 
 # the report ------------------------------------------------------------------------------------

@@ -127,6 +127,21 @@ def default_data_format():
     return 'NCHW' if num_visible_gpus() > 0 else 'NHWC'
 
 
+def nchw_kernels_available():
+    """True if this process's default device runs NCHW Conv2D and pooling: GPUs do, and CPUs with
+    oneDNN (TF_ENABLE_ONEDNN_OPTS=1) do; stock CPU kernels are NHWC-only. Runs two tiny ops."""
+    with tf.Graph().as_default():
+        image = tf.zeros([1, 2, 4, 4])
+        out = tf.nn.max_pool2d(tf.nn.conv2d(image, tf.zeros([3, 3, 2, 2]), 1, 'SAME', data_format='NCHW'),
+                               2, 2, 'SAME', data_format='NCHW')
+        with tf.Session() as sess:
+            try:
+                sess.run(out)
+            except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
+                return False
+    return True
+
+
 def session_config():
     """tensorpack's default session config, plus the per-device adjustments.
 
