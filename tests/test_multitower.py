@@ -121,6 +121,12 @@ def test_production_sums_with_nccl_and_the_seam_is_off_by_default(monkeypatch):
     monkeypatch.setenv(CPU_TOWERS_ENV, 'two')
     with pytest.raises(ValueError, match=CPU_TOWERS_ENV):
         cpu_towers()
+    monkeypatch.setenv(CPU_TOWERS_ENV, '2')
+    assert cpu_towers() == 2 and replicated_allreduce_mode() == 'gpu'
+    import utils.tf_compat
+    monkeypatch.setattr(utils.tf_compat, 'num_visible_gpus', lambda: 1)   # never on a machine with GPUs
+    with pytest.raises(ValueError, match='sees GPUs'):
+        cpu_towers()
 
 
 # training ------------------------------------------------------------------------------------
