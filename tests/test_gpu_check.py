@@ -64,7 +64,7 @@ def test_dry_run_trains_both_ways_and_reports_throughput(dry_run):
     # the GPU-only items say why they did not run
     assert items['tf-gpus']['status'] == 'SKIP' and 'GPU-only' in items['tf-gpus']['figure']
     assert items['peak-memory']['status'] == 'SKIP' and 'GPU-only' in items['peak-memory']['figure']
-    assert 'TensorFlow' in items['horovod-nccl']['figure']
+    assert 'controllers: Gloo' in items['horovod-nccl']['figure']
 
 
 def test_dry_run_compares_the_layouts_or_says_why_not(dry_run):

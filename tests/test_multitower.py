@@ -23,7 +23,7 @@ from utils import training
 from utils.tf_compat import CPU_TOWERS_ENV, nchw_kernels_available, num_visible_gpus, replicated_allreduce_mode, tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMEOUT_SECONDS = 600
+TIMEOUT_SECONDS = 1200   # per script; generous for a loaded CI machine
 
 NUM_TRAIN, NUM_VAL, IMAGE_SIZE = 8, 4, 128
 MODEL_CONFIG = [
