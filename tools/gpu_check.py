@@ -227,6 +227,7 @@ def train_config(ctx, towers, extra=()):
 
 
 def training_result(name, returncode, output, log_path, steps):
+    """PASS with img/s of the last epoch if the run succeeded with finite losses; `steps` planned."""
     if returncode != 0:
         return Result(name, FAIL, 'exit {}: {} (log: {})'.format(returncode, last_error_line(output), log_path))
     rates = monitor_values(output, 'Throughput (samples/sec)')
@@ -235,6 +236,8 @@ def training_result(name, returncode, output, log_path, steps):
         return Result(name, FAIL, 'no throughput or loss in the log ({})'.format(log_path))
     if not all(math.isfinite(v) for v in losses):
         return Result(name, FAIL, 'non-finite total_cost {} ({})'.format(losses, log_path))
+    finished = re.findall(r'Epoch \d+ \(global_step (\d+)\) finished', output)
+    steps = int(finished[-1]) if finished else steps
     # the last epoch: the first one includes graph optimization and autotuning
     return Result(name, PASS, '{:.2f} img/s over the last epoch, {} steps, total_cost {:.3f}'.format(
         rates[-1], steps, losses[-1]))
