@@ -281,8 +281,9 @@ def test_predict_evaluate_with_two_towers_equals_one(replicated_run, one_tower_e
 # NCHW and NHWC ------------------------------------------------------------------------------
 @needs_cpu_only
 def test_nchw_and_nhwc_agree_on_the_same_weights(shapes_dir):
-    """Training losses and gradients, and the heads' inference outputs, of the full FPN Mask R-CNN
-    in both layouts. Runs where the CPU has NCHW kernels (oneDNN); see NOTES.md."""
+    """The training loss and the heads' inference outputs of the full FPN Mask R-CNN in both layouts.
+    Runs where the CPU has NCHW kernels (oneDNN). Not the gradients: even oneDNN leaves some
+    NCHW Conv2DBackpropFilter to a kernel that "only supports NHWC" (see NOTES.md)."""
     if not nchw_kernels_available():
         pytest.skip('this CPU build has no NCHW kernels for Conv2D / pooling (TF_ENABLE_ONEDNN_OPTS=0)')
     from tensorpack.tfutils.tower import TowerContext
@@ -316,9 +317,6 @@ def test_nchw_and_nhwc_agree_on_the_same_weights(shapes_dir):
             inputs = [tf.placeholder(spec.dtype, spec.shape, spec.name) for spec in signature]
             with TowerContext('', is_training=True):
                 cost = model.build_graph(*inputs)
-            variables, gradients = zip(*[(v, g) for v, g in zip(tf.trainable_variables(),
-                                                                 tf.gradients(cost, tf.trainable_variables()))
-                                         if g is not None])
             with tf.variable_scope(tf.get_variable_scope(), reuse=True), TowerContext('infer', is_training=False):
                 model.build_graph(*inputs[:1])
             graph = tf.get_default_graph()
@@ -331,7 +329,7 @@ def test_nchw_and_nhwc_agree_on_the_same_weights(shapes_dir):
                     for var in tf.global_variables():
                         var.load(weights[var.op.name], sess)
                 feed = {p: datapoint[name] for p, name in zip(inputs, names)}
-                cost_value, grad_values = sess.run([cost, gradients], feed)
+                cost_value = sess.run(cost, feed)
                 if data_format == 'NHWC':   # the NCHW heads get the same final boxes and labels
                     boxes, labels = sess.run(['infer/output/boxes:0', 'infer/output/labels:0'],
                                              {inputs[0]: datapoint['image']})
@@ -341,13 +339,9 @@ def test_nchw_and_nhwc_agree_on_the_same_weights(shapes_dir):
                        graph.get_tensor_by_name('infer/output/labels:0').op.inputs[0]: labels,
                        inputs[0]: datapoint['image']}
                 head_values = sess.run(heads, fed)
-        results[data_format] = dict(cost=cost_value, grads=dict(zip([v.op.name for v in variables], grad_values)),
-                                    heads=dict(zip(heads, head_values)))
+        results[data_format] = dict(cost=cost_value, heads=dict(zip(heads, head_values)))
     nhwc, nchw = results['NHWC'], results['NCHW']
     np.testing.assert_allclose(nchw['cost'], nhwc['cost'], rtol=1e-4)
-    assert sorted(nchw['grads']) == sorted(nhwc['grads'])
-    for name, value in nhwc['grads'].items():
-        np.testing.assert_allclose(nchw['grads'][name], value, rtol=2e-3, atol=1e-5, err_msg=name)
     assert len(boxes) > 0
     for name, value in nhwc['heads'].items():
         np.testing.assert_allclose(nchw['heads'][name], value, rtol=1e-3, atol=1e-4, err_msg=name)
