@@ -1,5 +1,6 @@
-"""The GPU user's code paths on a CPU: the replicated trainer with 2 towers, multi-tower evaluation
-(predict.py and EvalCallback), and NCHW against NHWC on the same weights.
+"""The GPU user's code paths on a CPU: the replicated trainer with 2 towers and multi-tower
+evaluation (predict.py and EvalCallback). NCHW against NHWC is compared by the GPU check's dry
+run (tests/test_gpu_check.py).
 
 The 2 towers are CPU stand-ins for 2 GPUs: `FRCNN_CPU_TOWERS=2` (utils/tf_compat.py, the one
 test-only switch) makes the config count 2 tower devices and the replicated trainer sum the
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 
 from utils import training
-from utils.tf_compat import CPU_TOWERS_ENV, nchw_kernels_available, num_visible_gpus, replicated_allreduce_mode, tf
+from utils.tf_compat import CPU_TOWERS_ENV, num_visible_gpus, replicated_allreduce_mode, tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_SECONDS = 1200   # per script; generous for a loaded CI machine
@@ -276,72 +277,3 @@ def test_predict_evaluate_with_two_towers_equals_one(replicated_run, one_tower_e
     assert 'shard 1/2 has images [2, 4)' in log   # each tower predicted one half
     assert one_tower_evaluation[0] and scores == one_tower_evaluation[0]
     assert one_tower_evaluation[1] and detections == one_tower_evaluation[1]
-
-
-# NCHW and NHWC ------------------------------------------------------------------------------
-@needs_cpu_only
-def test_nchw_and_nhwc_agree_on_the_same_weights(shapes_dir):
-    """The training loss and the heads' inference outputs of the full FPN Mask R-CNN in both layouts.
-    Runs where the CPU has NCHW kernels (oneDNN). Not the gradients: even oneDNN leaves some
-    NCHW Conv2DBackpropFilter to a kernel that "only supports NHWC" (see NOTES.md)."""
-    if not nchw_kernels_available():
-        pytest.skip('this CPU build has no NCHW kernels for Conv2D / pooling (TF_ENABLE_ONEDNN_OPTS=0)')
-    from tensorpack.tfutils.tower import TowerContext
-
-    import train
-    from config import config as cfg, finalize_configs, reset_config
-    from data import get_train_dataflow
-    from dataset import register_shapes
-
-    def configure(data_format):
-        reset_config()
-        cfg.update_args(['DATA.BASEDIR=' + shapes_dir, 'BACKBONE.DATA_FORMAT=' + data_format]
-                        + MODEL_CONFIG + DETERMINISTIC)
-        register_shapes(shapes_dir)
-        finalize_configs(is_training=True)
-
-    configure('NHWC')
-    dataflow = get_train_dataflow()
-    dataflow.reset_state()
-    datapoint = next(iter(dataflow))
-    proposals = np.array([[10, 12, 60, 70], [0, 0, 127, 127], [40.5, 30.25, 90, 100], [70, 5, 120, 50]], np.float32)
-
-    results, weights, boxes, labels = {}, None, None, None
-    for data_format in ('NHWC', 'NCHW'):
-        configure(data_format)
-        model = train.build_model()
-        signature = model.get_input_signature()
-        names = [spec.name for spec in signature]
-        with tf.Graph().as_default():
-            tf.set_random_seed(0)
-            inputs = [tf.placeholder(spec.dtype, spec.shape, spec.name) for spec in signature]
-            with TowerContext('', is_training=True):
-                cost = model.build_graph(*inputs)
-            with tf.variable_scope(tf.get_variable_scope(), reuse=True), TowerContext('infer', is_training=False):
-                model.build_graph(*inputs[:1])
-            graph = tf.get_default_graph()
-            with tf.Session(config=tf.ConfigProto(device_count={'GPU': 0})) as sess:
-                sess.run(tf.global_variables_initializer())
-                if weights is None:
-                    weights = {v.op.name: sess.run(v) for v in tf.global_variables()}
-                else:
-                    assert sorted(weights) == sorted(v.op.name for v in tf.global_variables())
-                    for var in tf.global_variables():
-                        var.load(weights[var.op.name], sess)
-                feed = {p: datapoint[name] for p, name in zip(inputs, names)}
-                cost_value = sess.run(cost, feed)
-                if data_format == 'NHWC':   # the NCHW heads get the same final boxes and labels
-                    boxes, labels = sess.run(['infer/output/boxes:0', 'infer/output/labels:0'],
-                                             {inputs[0]: datapoint['image']})
-                heads = ['infer/fastrcnn_all_scores:0', 'infer/clip_boxes/fastrcnn_all_boxes:0', 'infer/output/masks:0']
-                fed = {'infer/generate_fpn_proposals/boxes:0': proposals,
-                       graph.get_tensor_by_name('infer/output/boxes:0').op.inputs[0]: boxes,
-                       graph.get_tensor_by_name('infer/output/labels:0').op.inputs[0]: labels,
-                       inputs[0]: datapoint['image']}
-                head_values = sess.run(heads, fed)
-        results[data_format] = dict(cost=cost_value, heads=dict(zip(heads, head_values)))
-    nhwc, nchw = results['NHWC'], results['NCHW']
-    np.testing.assert_allclose(nchw['cost'], nhwc['cost'], rtol=1e-4)
-    assert len(boxes) > 0
-    for name, value in nhwc['heads'].items():
-        np.testing.assert_allclose(nchw['heads'][name], value, rtol=1e-3, atol=1e-4, err_msg=name)
