@@ -13,7 +13,7 @@ HOROVOD_STAMP := $(VENV)/.horovod-installed
 HOROVOD_ENV := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
 	HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
 
-.PHONY: venv horovod demo test lint bench
+.PHONY: venv horovod demo test lint bench gpu-check
 
 venv: $(STAMP)
 
@@ -68,6 +68,10 @@ test: venv horovod
 	$(PY) -m ruff check .
 	TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m pytest tests -q
 	TF_ENABLE_ONEDNN_OPTS=0 $(PY) -m pytest tests/modeling -q
+
+# On a GPU machine, before a long job (about 10 minutes; not part of `make test`). See README.
+gpu-check: venv
+	tools/gpu_check.sh
 
 lint: venv
 	$(PY) -m ruff check .

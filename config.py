@@ -409,8 +409,8 @@ def _count_training_towers(trainer, num_gpus):
             raise ValueError('TRAIN.NUM_GPUS={} but Horovod runs {} ranks (hvd.size()); leave TRAIN.NUM_GPUS '
                              'unset under Horovod.'.format(num_gpus, size))
         return size
-    from utils.tf_compat import num_visible_gpus
-    visible = num_visible_gpus()
+    from utils.tf_compat import num_tower_devices
+    visible = num_tower_devices()
     if num_gpus is None:
         return visible
     if num_gpus > visible:
@@ -506,8 +506,8 @@ def _finalize(is_training):
     else:
         os.environ['TF_CUDNN_USE_AUTOTUNE'] = '0'
         if _C.TRAIN.NUM_GPUS is None:
-            from utils.tf_compat import num_visible_gpus
-            _C.TRAIN.NUM_GPUS = num_visible_gpus()
+            from utils.tf_compat import num_tower_devices
+            _C.TRAIN.NUM_GPUS = num_tower_devices()
 
     towers = max(_C.TRAIN.NUM_GPUS, 1)
     # Only training needs the towers to make up the reference batch of 8; prediction runs on any number of GPUs.

@@ -19,12 +19,12 @@ import sys
 import time
 
 from utils.tf_compat import (  # must come before tensorpack
-    amp_compute_dtype, check_amp_supported, onednn_enabled, session_config)
+    amp_compute_dtype, check_amp_supported, multi_tower_predictor, onednn_enabled, session_config)
 
 import cv2
 import numpy as np
 import tqdm
-from tensorpack.predict import MultiTowerOfflinePredictor, OfflinePredictor, PredictConfig
+from tensorpack.predict import OfflinePredictor, PredictConfig
 from tensorpack.tfutils.sesscreate import NewSessionCreator
 from tensorpack.utils import logger
 
@@ -131,7 +131,7 @@ def do_evaluate(pred_config, output_file):
 
     num_towers = max(cfg.TRAIN.NUM_GPUS, 1)
     if cfg.TRAIN.NUM_GPUS > 0:
-        predictors = MultiTowerOfflinePredictor(pred_config, list(range(num_towers))).get_predictors()
+        predictors = multi_tower_predictor(pred_config, list(range(num_towers))).get_predictors()
     else:
         predictors = [OfflinePredictor(pred_config)]
     all_scores = {}

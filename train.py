@@ -13,7 +13,8 @@ import shutil
 import time
 
 from utils.tf_compat import (  # must come before tensorpack
-    amp_compute_dtype, check_amp_supported, num_visible_gpus, onednn_status, session_config, tf)
+    amp_compute_dtype, check_amp_supported, num_visible_gpus, onednn_status, replicated_allreduce_mode,
+    session_config, tf)
 
 from tensorpack import QueueInput, TrainConfig, launch_train_with_config
 from tensorpack.callbacks import (
@@ -103,6 +104,8 @@ def make_callbacks(model, schedule, towers, on_gpu, logdir, rank=None, guard=Non
         callbacks += [GPUMemoryTracker(), GPUUtilizationTracker()]
     if rank is not None:
         callbacks.append(training.make_fingerprint_callback(rank))
+    elif towers > 1:
+        callbacks.append(training.make_tower_fingerprint_callback(towers))
     if cfg.TRAIN.EVAL_PERIOD > 0:
         from eval import EvalCallback
         # Every rank gets the directory: Horovod ranks other than 0 write their part of the results there.
@@ -117,7 +120,8 @@ def make_trainer(is_horovod):
         return training.make_horovod_trainer(average=False)
     if cfg.TRAIN.NUM_GPUS > 0:
         from tensorpack.train import SyncMultiGPUTrainerReplicated
-        return SyncMultiGPUTrainerReplicated(cfg.TRAIN.NUM_GPUS, average=False, mode='nccl')
+        # NCCL between GPUs; tests that stand CPU towers in for GPUs get a plain sum (utils/tf_compat.py)
+        return SyncMultiGPUTrainerReplicated(cfg.TRAIN.NUM_GPUS, average=False, mode=replicated_allreduce_mode())
     from tensorpack.train import SimpleTrainer
     return SimpleTrainer()
 

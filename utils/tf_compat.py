@@ -81,6 +81,43 @@ def num_visible_gpus():
     return len(_tf.config.list_physical_devices('GPU'))
 
 
+# The multi-GPU code paths on a CPU (tests only) -------------------------------------------
+CPU_TOWERS_ENV = 'FRCNN_CPU_TOWERS'
+
+
+def cpu_towers():
+    """How many GPU towers the CPU stands in for: the integer in $FRCNN_CPU_TOWERS, 0 if unset.
+
+    Test-only, and the one switch between the GPU and the CPU placement of towers: with it, the
+    replicated trainer and the multi-tower predictors build their `/gpu:N` towers as on a GPU
+    machine and TensorFlow's soft placement (on in tensorpack's session config) runs them on the
+    CPU. Everything that depends on real GPUs (NCHW, the session threads, the GPU trackers)
+    keeps following `num_visible_gpus()`.
+    """
+    text = os.environ.get(CPU_TOWERS_ENV, '').strip()
+    if not text:
+        return 0
+    if not text.isdigit():
+        raise ValueError('{}={!r}: give a number of towers (e.g. 2), or unset it.'.format(CPU_TOWERS_ENV, text))
+    if int(text) > 0 and num_visible_gpus() > 0:
+        raise ValueError("{}={} stands CPU towers in for GPUs, but this process sees GPUs: unset it, or hide "
+                         "the GPUs with CUDA_VISIBLE_DEVICES=''.".format(CPU_TOWERS_ENV, text))
+    return int(text)
+
+
+def num_tower_devices():
+    """Devices training and evaluation may put one tower each on: the visible GPUs (0 on a
+    CPU-only machine), or the CPU stand-ins of `cpu_towers()`."""
+    return num_visible_gpus() or cpu_towers()
+
+
+def replicated_allreduce_mode():
+    """How the replicated trainer sums the towers' gradients: 'nccl' between GPUs; with CPU
+    stand-ins (which have no NCCL kernels) tensorpack's 'gpu' mode, a plain add_n per variable
+    on the towers' devices."""
+    return 'gpu' if cpu_towers() > 0 else 'nccl'
+
+
 def default_data_format():
     """'NCHW' where a GPU is visible (cuDNN's fast layout), else 'NHWC'.
 
@@ -88,6 +125,21 @@ def default_data_format():
     The variables are the same in both layouts, so checkpoints move freely.
     """
     return 'NCHW' if num_visible_gpus() > 0 else 'NHWC'
+
+
+def nchw_kernels_available():
+    """True if this process's default device runs NCHW Conv2D and pooling: GPUs do, and CPUs with
+    oneDNN (TF_ENABLE_ONEDNN_OPTS=1) do; stock CPU kernels are NHWC-only. Runs two tiny ops."""
+    with tf.Graph().as_default():
+        image = tf.zeros([1, 2, 4, 4])
+        out = tf.nn.max_pool2d(tf.nn.conv2d(image, tf.zeros([3, 3, 2, 2]), 1, 'SAME', data_format='NCHW'),
+                               2, 2, 'SAME', data_format='NCHW')
+        with tf.Session() as sess:
+            try:
+                sess.run(out)
+            except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
+                return False
+    return True
 
 
 def session_config(amp=False):
@@ -209,3 +261,16 @@ def enable_amp_rewrite(config, key='TRAIN.AMP/TEST.AMP'):
 
 AMP_CPU_ALLOWLIST_REMOVE_ENV = 'TF_AUTO_MIXED_PRECISION_GRAPH_REWRITE_ALLOWLIST_REMOVE'
 AMP_CPU_FLOAT32_OPS = 'Conv2DBackpropFilter,Conv2DBackpropInput'
+
+
+def multi_tower_predictor(pred_config, towers):
+    """tensorpack's MultiTowerOfflinePredictor on GPUs `towers` (a list of ids), working on TF 2.
+
+    Its module calls `tf.variable_scope` on TensorFlow's top-level module, which TF 2 lacks, so
+    every multi-GPU `predict.py --evaluate` stopped with an AttributeError; the module is pointed
+    at tf.compat.v1 first.
+    """
+    from tensorpack.predict import multigpu
+    if TF_VERSION[0] >= 2:
+        multigpu.tf = tf
+    return multigpu.MultiTowerOfflinePredictor(pred_config, towers)

@@ -403,6 +403,46 @@ def make_fingerprint_callback(rank):
     return LogVariablesFingerprint()
 
 
+# The replicated trainer: one process, one copy of the model per tower ------------------------
+TOWER_FINGERPRINT_LOG_RE = re.compile(
+    r'Tower (?P<tower>\d+) model variables (?P<when>[\w-]+): fingerprint (?P<fingerprint>[0-9a-f]+) '
+    r'over (?P<count>\d+) variables')
+
+
+def variables_by_tower(variables, towers):
+    """{tower: [(name without the tower prefix, variable), ...]} for the replicated trainer, where
+    tower 0 owns the unprefixed variables and tower k > 0 its copies under 'tower<k>/'."""
+    prefixes = {'tower{}/'.format(k): k for k in range(1, towers)}
+    grouped = {k: [] for k in range(towers)}
+    for var in variables:
+        name = var.op.name
+        tower = prefixes.get(name.split('/', 1)[0] + '/', 0)
+        grouped[tower].append((name[len('tower{}/'.format(tower)):] if tower else name, var))
+    return grouped
+
+
+def make_tower_fingerprint_callback(towers):
+    """A callback for the replicated trainer: at the end of the last epoch (before the trainer's
+    epoch-end copy of tower 0's variables to the others) logs each tower's fingerprint as one
+    TOWER_FINGERPRINT_LOG_RE line; equal lines show the summed gradients kept the towers in step."""
+    from tensorpack.callbacks import Callback
+
+    class LogTowerFingerprints(Callback):
+        def _setup_graph(self):
+            self._grouped = variables_by_tower(model_variables(), towers)
+
+        def _after_epoch(self):
+            if self.epoch_num != self.trainer.max_epoch:
+                return
+            for tower, named in sorted(self._grouped.items()):
+                values = self.trainer.sess.run([var for _, var in named])
+                fingerprint = variables_fingerprint(zip([name for name, _ in named], values))
+                logger.info('Tower {} model variables last-epoch-before-broadcast: fingerprint {} over {} variables'
+                            .format(tower, fingerprint, len(named)))
+
+    return LogTowerFingerprints()
+
+
 def broadcast_from_rank0(value, name):
     """Rank 0's int `value`, returned on every Horovod rank (`name` must be the same on all).
 
