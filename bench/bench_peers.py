@@ -140,7 +140,10 @@ class Worker:
         self.detections.add(answer['detections'])
 
     def close(self):
-        self._proc.stdin.close()
+        try:
+            self._proc.stdin.close()
+        except BrokenPipeError:
+            pass    # the worker is gone already (e.g. it got the same Ctrl-C)
         self._proc.wait()
 
 
@@ -179,13 +182,22 @@ def main():
     # Start them one after the other so their set-up and warm-up do not overlap.
     workers = [Worker(label, command) for label, command in variants]
     load_before = os.getloadavg()[0]
-    for repeat in range(args.repeats):
-        order = workers if repeat % 2 == 0 else workers[::-1]
-        for worker in order:
-            worker.time_one()
-        print('repeat {}/{}: '.format(repeat + 1, args.repeats)
-              + ', '.join('{} {:.2f} s'.format(w.label.split(' ')[0] + ('+amp' if 'AMP' in w.label else ''),
-                                                w.times[-1]) for w in workers), flush=True)
+    try:
+        for repeat in range(args.repeats):
+            order = workers if repeat % 2 == 0 else workers[::-1]
+            for worker in order:
+                worker.time_one()
+            print('repeat {}/{}: '.format(repeat + 1, args.repeats)
+                  + ', '.join('{} {:.2f} s'.format(w.label.split(' ')[0] + ('+amp' if 'AMP' in w.label else ''),
+                                                    w.times[-1]) for w in workers), flush=True)
+    except KeyboardInterrupt:
+        # On a slow machine a partial run is still worth a summary: keep the complete repeats.
+        complete = min(len(w.times) for w in workers)
+        if complete == 0:
+            raise
+        print('interrupted: summarizing the {} complete repeats'.format(complete))
+        for worker in workers:
+            del worker.times[complete:], worker.cpu_times[complete:]
     for worker in workers:
         worker.close()
 
