@@ -13,7 +13,7 @@ HOROVOD_STAMP := $(VENV)/.horovod-installed
 HOROVOD_ENV := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
 	HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
 
-.PHONY: venv horovod demo test lint bench gpu-check
+.PHONY: venv horovod demo test lint bench bench-peers gpu-check
 
 venv: $(STAMP)
 
@@ -78,3 +78,16 @@ lint: venv
 
 bench: venv
 	$(PY) bench/bench_dataflow.py
+
+# Side-by-side inference benchmark against torchvision's maskrcnn_resnet50_fpn. torch and
+# torchvision go into their own venv (about 5.5 GB), never into .venv: no test needs them.
+PEERS_VENV := .venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.peers-installed
+
+$(PEERS_STAMP):
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	touch $(PEERS_STAMP)
+
+bench-peers: venv $(PEERS_STAMP)
+	$(PY) bench/bench_peers.py --peers-python $(PEERS_VENV)/bin/python $(BENCH_PEERS_ARGS)

@@ -5,13 +5,18 @@
 Default config: R50-FPN Mask R-CNN with COCO's 81 classes, random weights (so the score
 threshold is set to 0 by default to keep RESULTS_PER_IM detections flowing through the
 mask head, the realistic worst case; pass --config TEST.RESULT_SCORE_THRESH=0.05 to change).
+The graph runs in a session made by utils.tf_compat.session_config(), as the predictors do.
 Prints: the median time of `--runs` runs after a warm-up run; the graph's FLOPs counted by
 TF's profiler from one traced run (float_operation); the measured float32 matmul peak of this
-machine in the same process; the achieved fraction of it; and the op types taking most time.
+machine in the same process; the achieved fraction of it; and the op types and name scopes
+taking most time. The profile comes from a run traced with one op at a time
+(inter_op_parallelism_threads=1): ops then do not overlap, so each op's time is its own and the
+table adds up to about the wall time (`--trace-parallel` traces the timed session instead).
 """
 import argparse
 import collections
 import os
+import re
 import sys
 import time
 
@@ -19,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from utils.tf_compat import onednn_status, tf  # noqa: E402
+from utils.tf_compat import onednn_status, session_config, tf  # noqa: E402
 
 from tensorpack.tfutils.tower import PredictTowerContext  # noqa: E402
 
@@ -109,6 +114,9 @@ def main():
     parser.add_argument('--size', type=int, nargs=2, default=[800, 1216], metavar=('H', 'W'))
     parser.add_argument('--runs', type=int, default=3)
     parser.add_argument('--config', nargs='*', default=[], metavar='KEY=VALUE')
+    parser.add_argument('--trace-parallel', action='store_true',
+                        help='profile the timed session (ops overlap) instead of a one-op-at-a-time one')
+    parser.add_argument('--top', type=int, default=15, help='rows of the profile tables')
     args = parser.parse_args()
     configure(args.config)
 
@@ -123,7 +131,7 @@ def main():
         outputs = [graph.get_tensor_by_name(name + ':0') for name in output_names]
         image = np.random.RandomState(0).uniform(0, 255, args.size + [3]).astype(np.float32)
         feed = {placeholders[names.IMAGE]: image}
-        with tf.Session() as sess:
+        with tf.Session(config=session_config()) as sess:
             sess.run(tf.global_variables_initializer())
             start = time.perf_counter()
             results = sess.run(outputs, feed)
@@ -133,7 +141,15 @@ def main():
                 start = time.perf_counter()
                 sess.run(outputs, feed)
                 times.append(time.perf_counter() - start)
-            run_metadata = traced_run(sess, outputs, feed)
+            if args.trace_parallel:
+                run_metadata = traced_run(sess, outputs, feed)
+        if not args.trace_parallel:
+            sequential = session_config()
+            sequential.inter_op_parallelism_threads = 1
+            with tf.Session(config=sequential) as sess:
+                sess.run(tf.global_variables_initializer())
+                sess.run(outputs, feed)
+                run_metadata = traced_run(sess, outputs, feed)
         # Counting needs every node's run-time shape; grappler's fused nodes would hide them,
         # so trace once more with graph rewriting off and annotate the graph from that run.
         plain = tf.ConfigProto()
@@ -154,19 +170,36 @@ def main():
         flops / 1e9, achieved, peak, achieved / peak))
     if os.environ.get('TF_ENABLE_ONEDNN_OPTS') == '1':
         print('note: oneDNN ops have no FLOP statistics; the count above is low. Count with TF_ENABLE_ONEDNN_OPTS=0.')
-    print('time by op type (traced run; ops overlap, so small ops running beside big ones look slow):')
-    for op, op_seconds, fraction in time_table(run_metadata, lambda name, op_type: op_type):
-        print('  {:<34s} {:7.3f} s  {:5.1%}'.format(op, op_seconds, fraction))
-    print('time by name scope:')
-    for scope, op_seconds, fraction in time_table(run_metadata, _scope_of):
-        print('  {:<34s} {:7.3f} s  {:5.1%}'.format(scope, op_seconds, fraction))
+    if args.trace_parallel:
+        print('profile of the timed session (ops overlap, so small ops running beside big ones look slow)')
+    else:
+        print('profile of one traced run with one op at a time ({:.2f} s of op time in all)'.format(
+            sum(micros for _, _, micros in _node_micros(run_metadata)) / 1e6))
+    conv_seconds = sum(micros for _, op_type, micros in _node_micros(run_metadata) if _is_conv(op_type)) / 1e6
+    print('  convolutions and matmuls: {:.3f} s; everything else: {:.3f} s'.format(
+        conv_seconds, sum(micros for _, _, micros in _node_micros(run_metadata)) / 1e6 - conv_seconds))
+    print('time by op type:')
+    for op, op_seconds, fraction in time_table(run_metadata, lambda name, op_type: op_type, args.top):
+        print('  {:<40s} {:7.3f} s  {:5.1%}'.format(op, op_seconds, fraction))
+    print('time by name scope, convolutions and matmuls apart from the rest:')
+    for scope, op_seconds, fraction in time_table(run_metadata, _scope_and_kind, args.top):
+        print('  {:<40s} {:7.3f} s  {:5.1%}'.format(scope, op_seconds, fraction))
+
+
+def _is_conv(op_type):
+    return 'Conv2D' in op_type or 'MatMul' in op_type
 
 
 def _scope_of(name, _):
     parts = name.split('/')
     if parts[0].startswith('group') or parts[0] == 'conv0':
         return 'backbone (conv0, group0-3)'
-    return parts[0]
+    # Scopes repeated per level (rpn, rpn_1, ..., FPN_slice_lvl2, ...) are summed.
+    return re.sub(r'lvl\d$', 'lvl*', re.sub(r'_\d+$', '', parts[0]))
+
+
+def _scope_and_kind(name, op_type):
+    return '{} [{}]'.format(_scope_of(name, op_type), 'conv' if _is_conv(op_type) else 'other')
 
 
 if __name__ == '__main__':

@@ -127,13 +127,13 @@ def multilevel_roi_align(features, boxes, resolution, data_format, strides=ROI_S
             if data_format == 'NCHW':
                 featuremap = tf.transpose(featuremap, [0, 2, 3, 1])
             all_rois.append(roi_align_nhwc(featuremap, level_box * (1.0 / stride), resolution))
-    all_rois = tf.concat(all_rois, axis=0)     # R, S, S, C in level order
-    # Undo the grouping by level so row i belongs to boxes[i] again.
-    order = tf.math.invert_permutation(tf.concat(level_ids, axis=0))
+    # Put row i back at boxes[i]: one stitch writes each level's rows in place (a concat in
+    # level order followed by a gather with the inverse permutation copied them twice).
+    all_rois = tf.dynamic_stitch([tf.cast(ids, tf.int32) for ids in level_ids], all_rois)
     if data_format == 'NCHW':
         # One transpose of the (small) result instead of one per level.
         all_rois = tf.transpose(all_rois, [0, 3, 1, 2])
-    return tf.gather(all_rois, order, name='output')
+    return tf.identity(all_rois, name='output')
 
 
 def multilevel_rpn_losses(multilevel_anchors, multilevel_label_logits, multilevel_box_logits,

@@ -224,3 +224,17 @@ def test_generate_fpn_proposals_no_boxes(mode):
 def test_generate_fpn_proposals_unknown_mode():
     with pytest.raises(ValueError, match="'Joint', 'Level'"):
         _fpn_proposals('Fancy', *_proposal_inputs(), pre_nms_topk=10, post_nms_topk=10, per_level_topk=1)
+
+
+def test_multilevel_roi_align_gradient_reaches_every_level():
+    # Every output value is a mean of bilinear samples whose weights sum to 1 and all fall on
+    # the map (the padded border passes its share to the edge pixel), so d(sum of outputs) /
+    # d(features) sums to R * S * S * C over the four levels; each level gets its boxes' share.
+    p2345 = [np.ones((1, 640 // s, 640 // s, 2), np.float32) for s in (4, 8, 16, 32)]
+
+    def graph(boxes, *features):
+        out = model_fpn.multilevel_roi_align(list(features), boxes, 3, 'NHWC')
+        return [tf.reduce_sum(g) for g in tf.gradients(tf.reduce_sum(out), list(features))]
+    per_level = run_graph(graph, MULTILEVEL_BOXES, *p2345)
+    boxes_per_level = [MULTILEVEL_LEVELS.count(level) for level in (2, 3, 4, 5)]
+    np.testing.assert_allclose(per_level, [n * 3 * 3 * 2 for n in boxes_per_level], rtol=1e-5)
