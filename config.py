@@ -524,6 +524,21 @@ def _finalize(is_training):
         _C.BACKBONE.DATA_FORMAT = default_data_format()
 
 
+def combine_overrides(*groups):
+    """One override list from several lists of `KEY=VALUE`: a key in a later list replaces it in earlier ones.
+
+    For scripts that build a config from a base and changes; one list given to `update_args`
+    may not repeat a key.
+    """
+    combined = {}
+    for group in groups:
+        for override in group:
+            key = override.split('=', 1)[0].strip()
+            combined.pop(key, None)   # the replacement goes where the later list puts it
+            combined[key] = override
+    return list(combined.values())
+
+
 def num_towers():
     """Towers (GPUs, Horovod ranks, or 1 for the CPU) after finalize_configs."""
     return max(_C.TRAIN.NUM_GPUS or 0, 1)

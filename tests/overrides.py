@@ -1,7 +1,7 @@
 """Composing --config override lists for the script tests (a key given twice is an error)."""
+from config import combine_overrides
 
 
 def replaced(base, changes):
     """`base` overrides with the keys of `changes` replaced, then `changes` appended."""
-    changed = {change.split('=', 1)[0] for change in changes}
-    return [item for item in base if item.split('=', 1)[0] not in changed] + list(changes)
+    return combine_overrides(base, changes)

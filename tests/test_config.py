@@ -107,6 +107,14 @@ def test_a_key_given_twice_is_an_error_naming_both_values():
     assert cfg.TRAIN.BASE_LR == 0.5
 
 
+def test_combine_overrides_lets_later_lists_replace_keys():
+    combined = config_module.combine_overrides(['MODE_FPN=True', 'TRAIN.BASE_LR=0.02', 'MODE_MASK=False'],
+                                               ['TRAIN.BASE_LR=0.5'], ['MODE_FPN = False'])
+    assert combined == ['MODE_MASK=False', 'TRAIN.BASE_LR=0.5', 'MODE_FPN = False']
+    cfg.update_args(combined)
+    assert cfg.TRAIN.BASE_LR == 0.5 and cfg.MODE_FPN is False
+
+
 def test_override_without_equals_sign():
     with pytest.raises(ValueError, match='KEY=VALUE'):
         cfg.update_args(['MODE_FPN'])

@@ -220,10 +220,12 @@ def train_config(ctx, towers, extra=()):
     # LR_SCHEDULE counts steps of 8 images: `towers` towers take 8 / towers as many.
     total_steps = sizes['steps_per_epoch'] * sizes['epochs']
     last = max(int(math.ceil(total_steps * towers / 8.)), 1)
-    return (['DATA.BASEDIR=' + ctx.data_dir, 'DATA.TRAIN=shapes_train', 'DATA.VAL=shapes_val'] + sizes['config'] +
-            ['TRAIN.STEPS_PER_EPOCH={}'.format(sizes['steps_per_epoch']),
-             'TRAIN.LR_SCHEDULE=[{0},{0},{0}]'.format(last), 'TRAIN.EVAL_PERIOD=0',
-             'TRAIN.CHECKPOINT_PERIOD={}'.format(sizes['epochs'])] + list(extra) + ctx.extra_config)
+    from config import combine_overrides
+    return combine_overrides(
+        ['DATA.BASEDIR=' + ctx.data_dir, 'DATA.TRAIN=shapes_train', 'DATA.VAL=shapes_val'] + sizes['config'] +
+        ['TRAIN.STEPS_PER_EPOCH={}'.format(sizes['steps_per_epoch']),
+         'TRAIN.LR_SCHEDULE=[{0},{0},{0}]'.format(last), 'TRAIN.EVAL_PERIOD=0',
+         'TRAIN.CHECKPOINT_PERIOD={}'.format(sizes['epochs'])], extra, ctx.extra_config)
 
 
 def training_result(name, returncode, output, log_path, steps):
@@ -322,7 +324,7 @@ def check_layouts(ctx):
                 ('nchw_gpu', ['BACKBONE.DATA_FORMAT=NCHW'], {'CUDA_VISIBLE_DEVICES': None})]
     for name, layout, env in runs:
         out = os.path.join(ctx.workdir, name + '.npz')
-        config = train_config(ctx, 1) + layout
+        config = train_config(ctx, 1, layout)
         env = dict(env, FRCNN_CPU_TOWERS=None)
         returncode, output, log_path = ctx.runner.run(
             'layout_' + name, python_cmd(os.path.join('tools', 'gpu_check.py'), '--layout-probe',
