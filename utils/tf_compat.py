@@ -112,10 +112,14 @@ def num_tower_devices():
 
 
 def replicated_allreduce_mode():
-    """How the replicated trainer sums the towers' gradients: 'nccl' between GPUs; with CPU
-    stand-ins (which have no NCCL kernels) tensorpack's 'gpu' mode, a plain add_n per variable
-    on the towers' devices."""
-    return 'gpu' if cpu_towers() > 0 else 'nccl'
+    """How the replicated trainer sums the towers' gradients.
+
+    On GPUs None: tensorpack's own choice, as in its latest example ('hierarchical' on 8 GPUs,
+    else 'gpu', an add_n per variable). Its older `mode='nccl'` is avoided: NCCL's all-reduce
+    in TF >= 1.15 can return wrong sums (tensorflow#41539; tensorpack warns about it). CPU
+    stand-in towers get 'gpu' explicitly, the mode 2 GPUs would get.
+    """
+    return 'gpu' if cpu_towers() > 0 else None
 
 
 def default_data_format():
