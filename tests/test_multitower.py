@@ -135,7 +135,8 @@ def test_production_lets_tensorpack_choose_the_sum_and_the_seam_is_off_by_defaul
 @needs_cpu_only
 def test_two_towers_sum_the_single_tower_gradients_of_their_images(shapes_dir, monkeypatch):
     """Value level: tower k trains on image k; the gradient both towers apply is the sum of the
-    gradients a single tower computes for each image on the same weights."""
+    towers' own gradients, and tower k's own gradient is the one a single tower computes for
+    image k on the same weights."""
     from tensorpack.input_source import TensorInput
     from tensorpack.tfutils.tower import TowerContext, get_current_tower_context
     from tensorpack.train import SyncMultiGPUTrainerReplicated
@@ -164,45 +165,64 @@ def test_two_towers_sum_the_single_tower_gradients_of_their_images(shapes_dir, m
         datapoint = images[get_current_tower_context().index]
         return [tf.constant(datapoint[name]) for name in input_names]
 
+    builder = trainer._builder
+    build_all_reduce = builder.build
+    local = []
+
+    def recording_build(grad_list, get_opt_fn):
+        local.extend(grad_list)      # per tower: [(that tower's own gradient, its variable)]
+        return build_all_reduce(grad_list, get_opt_fn)
+    monkeypatch.setattr(builder, 'build', recording_build)
+
     with tf.Graph().as_default() as graph:
         trainer.setup_graph(model.get_input_signature(), TensorInput(tower_inputs), model.build_graph,
                             model.get_optimizer)
-        summed = trainer._builder.grads      # per tower: [(all-reduced gradient, that tower's variable)]
+        summed = builder.grads      # per tower: [(all-reduced gradient, that tower's variable)]
         sync = graph.get_operation_by_name('sync_variables/sync_variables_from_main_tower')
         with tf.Session(config=session_config()) as sess:
             sess.run([tf.global_variables_initializer(), tf.local_variables_initializer()])
             sess.run(sync)
             weights = {v.op.name: value for v, value in zip(tf.global_variables(), sess.run(tf.global_variables()))}
-            tower_grads = sess.run([[g for g, _ in grads] for grads in summed])
+            tower_grads, local_grads = sess.run([[[g for g, _ in grads] for grads in summed],
+                                                 [[g for g, _ in grads] for grads in local]])
     applied = [dict(zip([v.op.name for _, v in grads], values)) for grads, values in zip(summed, tower_grads)]
+    own = [dict(zip([v.op.name for _, v in grads], values)) for grads, values in zip(local, local_grads)]
     assert sorted(applied[1]) == sorted('tower1/' + name for name in applied[0])
+    for name, value in applied[0].items():   # the all-reduce: exactly the sum of the towers' own gradients
+        np.testing.assert_allclose(value, own[0][name] + own[1]['tower1/' + name], rtol=1e-5, atol=1e-7,
+                                   err_msg=name)
 
-    # One tower on the same weights, one image at a time.
-    with tf.Graph().as_default():
-        signature = model.get_input_signature()
-        placeholders = [tf.placeholder(spec.dtype, spec.shape, spec.name) for spec in signature]
-        with TowerContext('', is_training=True):
-            cost = model.build_graph(*placeholders)
-        variables = [v for v in tf.trainable_variables() if v.op.name in applied[0]]
-        assert len(variables) == len(applied[0])
-        gradients = tf.gradients(cost, variables)
-        with tf.Session(config=session_config()) as sess:
-            for var in tf.global_variables():
-                var.load(weights[var.op.name], sess)
-            single = [sess.run(gradients, {p: dp[name] for p, name in zip(placeholders, input_names)})
-                      for dp in images]
+    # One tower on the same weights, one image at a time, its inputs constants as in the towers.
+    single = []
+    for datapoint in images:
+        with tf.Graph().as_default():
+            with TowerContext('', is_training=True):
+                cost = model.build_graph(*[tf.constant(datapoint[name]) for name in input_names])
+            variables = [v for v in tf.trainable_variables() if v.op.name in applied[0]]
+            assert len(variables) == len(applied[0])
+            gradients = tf.gradients(cost, variables)
+            with tf.Session(config=session_config()) as sess:
+                for var in tf.global_variables():
+                    var.load(weights[var.op.name], sess)
+                single.append(sess.run(gradients))
 
     names = [v.op.name for v in variables]
-    expected = {name: a + b for name, a, b in zip(names, *single)}
-    # Relative to each variable's largest gradient entry, floored at 1e-4 of the largest of all.
-    # Float32 sums in another order (the sampled rois are shuffled) leave up to ~1e-3 where
-    # terms cancel (measured on maskrcnn/deconv/W); a wrong sum or image is off by O(1).
-    scale = max(np.abs(value).max() for value in expected.values())
-    errors = {name: np.abs(applied[0][name] - expected[name]).max() / max(np.abs(expected[name]).max(), 1e-4 * scale)
-              for name in names}
-    worst = max(errors, key=errors.get)
-    print('largest relative gradient difference: {:.2g} ({})'.format(errors[worst], worst))
-    assert errors[worst] < 1e-2, worst
+
+    def relative_l1(tower_grads, prefix, reference):
+        """sum |tower - reference| / sum |reference| over every variable's gradient."""
+        diff = sum(np.abs(tower_grads[prefix + name] - ref).sum() for name, ref in zip(names, reference))
+        return diff / sum(np.abs(ref).sum() for ref in reference)
+
+    # Tower k's own gradient is the single-tower gradient of image k, not of the other image. The
+    # graphs differ (two towers, other random sampling orders), and with random weights the RPN's
+    # scores are nearly tied, so a few other proposals may survive top-k and NMS: the difference
+    # to the own image varies with the initial weights (measured 3e-7 to 2e-2 of the L1 norm);
+    # the other image's gradient is far away.
+    for k, prefix in enumerate(('', 'tower1/')):
+        same, other = relative_l1(own[k], prefix, single[k]), relative_l1(own[k], prefix, single[1 - k])
+        print('tower {}: relative L1 difference to its image {:.2g}, to the other image {:.2g}'.format(
+            k, same, other))
+        assert same < 0.1 and other > 5 * same, (k, same, other)
     for name in names:
         np.testing.assert_array_equal(applied[1]['tower1/' + name], applied[0][name], err_msg=name)
     # The two images must pull differently, or a tower fed the other's image would pass too.
