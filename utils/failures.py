@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 
 from tensorpack.callbacks import Callback
@@ -227,6 +228,16 @@ def _flush_logs():
     logging.shutdown()
 
 
+def _wait_for_input_threads(timeout=10.0):
+    """Let tensorpack's input threads end first: each logs 'Exited.' as it ends, which may come
+    after training stopped and would then push the final message off the last line."""
+    from tensorpack.input_source.input_source import EnqueueThread
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if isinstance(thread, EnqueueThread) and thread is not threading.current_thread():
+            thread.join(max(deadline - time.monotonic(), 0.))
+
+
 def run_and_exit(main):
     """Run `main()` as train.py's whole process and exit with one of the codes above.
 
@@ -242,12 +253,15 @@ def run_and_exit(main):
     except SystemExit:
         raise
     except StopRequested as stop:
+        _wait_for_input_threads()
         logger.warn(stop.message)
         code = EXIT_SIGTERM
     except KeyboardInterrupt:
+        _wait_for_input_threads()
         logger.error('Interrupted (Ctrl-C).')
         code = EXIT_INTERRUPTED
     except BaseException as err:   # noqa: BLE001 - every failure must give a non-zero exit
+        _wait_for_input_threads()
         logger.error('Training failed:\n' + ''.join(traceback.format_exception(type(err), err, err.__traceback__)))
         logger.error('Training failed: {}: {}'.format(type(err).__name__, one_line(err)))
         code = EXIT_FAILED
