@@ -297,10 +297,11 @@ def test_slow_overfits_shapes_with_the_tensorpack_trainer(tmp_path):
     Two fixed images, 120 steps (~30 s). Weight decay is lowered: on this from-scratch net its
     term is constant over so few steps and would hide what the losses do.
 
-    The net has no working normalization (FreezeBN from scratch), so the peak learning rate is kept
-    at 0.08. At 0.15 it sat on the edge of divergence: with oneDNN off the cost already climbed
-    from 1.4 to 2.9 after step 40, and oneDNN's different summation order (runs equal to 1e-4 at
-    step 6, apart by 0.3 at step 24, growing smoothly) pushed it over at step 51, to NaN.
+    The net has GroupNorm, as the demo's. Without normalization (FreezeBN from scratch) it sat on
+    the edge of divergence: at a peak of 0.15 the cost climbed from 1.4 to 2.9 after step 40 with
+    oneDNN off, and oneDNN's other summation order (runs equal to 1e-4 at step 6, apart by 0.3 at
+    step 24, growing smoothly) pushed it over at step 51, to NaN; at 0.08 a CI rehearsal still
+    diverged once.
     """
     from tensorpack import QueueInput, SimpleTrainer, TrainConfig, launch_train_with_config
     from tensorpack.callbacks import Callback, ScheduledHyperParamSetter
@@ -324,7 +325,7 @@ def test_slow_overfits_shapes_with_the_tensorpack_trainer(tmp_path):
 
     register_shapes(str(tmp_path), num_train=4, num_val=1, image_size=128, seed=0)
     helpers.configure('DATA.TRAIN=("shapes_train",)', 'DATA.VAL=("shapes_val",)', 'DATA.NUM_WORKERS=0',
-                      'TRAIN.WEIGHT_DECAY=1e-5')
+                      'TRAIN.WEIGHT_DECAY=1e-5', 'BACKBONE.NORM=GN', 'FPN.NORM=GN')
     dataflow = data.get_train_dataflow()
     dataflow.reset_state()
     datapoints = list(itertools.islice(dataflow, 2))
