@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.overrides import replaced
+from config import combine_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
@@ -267,9 +267,9 @@ def test_training_on_images_without_objects(tmp_path, onednn):
         json.dump(coco, f)
 
     logdir = str(tmp_path / 'train_log')
-    config = replaced(TINY_MODEL, ['DATA.BASEDIR=' + basedir, 'DATA.FILTER_EMPTY_ANNOTATIONS=False',
-                                   'PREPROC.TRAIN_SHORT_EDGE_SIZE=[128,128]', 'PREPROC.MAX_SIZE=128',
-                                   'TRAIN.STEPS_PER_EPOCH=12', 'TRAIN.LR_SCHEDULE=[2,2,3]', 'TRAIN.WARMUP=4'])
+    config = combine_overrides(TINY_MODEL, ['DATA.BASEDIR=' + basedir, 'DATA.FILTER_EMPTY_ANNOTATIONS=False',
+                                            'PREPROC.TRAIN_SHORT_EDGE_SIZE=[128,128]', 'PREPROC.MAX_SIZE=128',
+                                            'TRAIN.STEPS_PER_EPOCH=12', 'TRAIN.LR_SCHEDULE=[2,2,3]', 'TRAIN.WARMUP=4'])
     proc = run_script(['train.py', '--logdir', logdir, '--config'] + config,
                       env={'TF_ENABLE_ONEDNN_OPTS': onednn})
     assert 'oneDNN: {}'.format('on' if onednn == '1' else 'off') in proc.stdout

@@ -25,7 +25,7 @@ from config import finalize_configs, num_towers
 from utils import training
 from utils.tf_compat import num_visible_gpus, tf
 
-from tests.overrides import replaced
+from config import combine_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOROVODRUN = os.path.join(os.path.dirname(sys.executable), 'horovodrun')
@@ -243,9 +243,9 @@ def test_resume_continues_on_every_rank(finished_main_run, tmp_path):
     logdir = os.path.join(workdir, 'train_log')
     shutil.copytree(finished_main_run.logdir, logdir)
     # the schedule now ends at 9 x 4 = 36 steps: epoch 7 (36 // 5) is left after the 30 done
-    config = replaced(['DATA.BASEDIR=' + finished_main_run.data_dir] + MODEL_CONFIG + TRAIN_CONFIG + MAIN_RUN_CONFIG,
-                      ['DATA.NUM_WORKERS=0', 'TRAIN.LR_SCHEDULE=[4,6,9]', 'TRAIN.EVAL_PERIOD=0',
-                       'TRAIN.CHECKPOINT_PERIOD=1'])
+    config = combine_overrides(
+        ['DATA.BASEDIR=' + finished_main_run.data_dir] + MODEL_CONFIG + TRAIN_CONFIG + MAIN_RUN_CONFIG,
+        ['DATA.NUM_WORKERS=0', 'TRAIN.LR_SCHEDULE=[4,6,9]', 'TRAIN.EVAL_PERIOD=0', 'TRAIN.CHECKPOINT_PERIOD=1'])
     returncode, output = horovodrun_train(workdir, logdir, config)
     assert returncode == 0, tail(output)
 
@@ -269,10 +269,10 @@ def test_syncbn_trains_with_shared_statistics(tmp_path, finished_main_run):
     workdir = str(tmp_path / 'syncbn')
     os.makedirs(workdir)
     # 2 epochs of 4 steps: the schedule [2, 2, 2] x 4 = 8 steps; gradients accumulated over 8 // 2 = 4
-    config = replaced(['DATA.BASEDIR=' + finished_main_run.data_dir] + MODEL_CONFIG + TRAIN_CONFIG,
-                      ['BACKBONE.NORM=SyncBN', 'DATA.NUM_WORKERS=0', 'TRAIN.STEPS_PER_EPOCH=4',
-                       'TRAIN.LR_SCHEDULE=[2,2,2]', 'TRAIN.ACCUMULATE_STEPS=None', 'TRAIN.EVAL_PERIOD=0',
-                       'TRAIN.CHECKPOINT_PERIOD=100'])
+    config = combine_overrides(['DATA.BASEDIR=' + finished_main_run.data_dir] + MODEL_CONFIG + TRAIN_CONFIG,
+                               ['BACKBONE.NORM=SyncBN', 'DATA.NUM_WORKERS=0', 'TRAIN.STEPS_PER_EPOCH=4',
+                                'TRAIN.LR_SCHEDULE=[2,2,2]', 'TRAIN.ACCUMULATE_STEPS=None', 'TRAIN.EVAL_PERIOD=0',
+                                'TRAIN.CHECKPOINT_PERIOD=100'])
     returncode, output = horovodrun_train(workdir, os.path.join(workdir, 'train_log'), config,
                                           extra_args=['--load', finished_main_run.logdir])
     assert returncode == 0, tail(output)
