@@ -98,8 +98,8 @@ def write_precision_note(path):
 
 
 def build_model():
-    from modeling.generalized_rcnn import ResNetC4Model, ResNetFPNModel
-    return ResNetFPNModel() if cfg.MODE_FPN else ResNetC4Model()
+    from modeling.generalized_rcnn import build_model as build_rcnn
+    return build_rcnn(cfg)
 
 
 def unused_path(directory, stem, suffix='.png'):

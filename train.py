@@ -52,8 +52,8 @@ def register_datasets(basedir):
 
 
 def build_model():
-    from modeling.generalized_rcnn import ResNetC4Model, ResNetFPNModel
-    return ResNetFPNModel() if cfg.MODE_FPN else ResNetC4Model()
+    from modeling.generalized_rcnn import build_model as build_rcnn
+    return build_rcnn(cfg)
 
 
 def prepare_logdir(logdir, action, is_chief):

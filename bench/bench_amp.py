@@ -69,8 +69,8 @@ def first_datapoint():
 
 
 def build_model():
-    from modeling.generalized_rcnn import ResNetC4Model, ResNetFPNModel
-    return ResNetFPNModel() if cfg.MODE_FPN else ResNetC4Model()
+    from modeling.generalized_rcnn import build_model as build_rcnn
+    return build_rcnn(cfg)
 
 
 class Runner:

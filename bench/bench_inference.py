@@ -120,8 +120,8 @@ def main():
     args = parser.parse_args()
     configure(args.config)
 
-    from modeling.generalized_rcnn import ResNetC4Model, ResNetFPNModel
-    model = ResNetFPNModel() if cfg.MODE_FPN else ResNetC4Model()
+    from modeling.generalized_rcnn import build_model
+    model = build_model(cfg)
     graph = tf.Graph()
     with graph.as_default():
         placeholders = {spec.name: tf.placeholder(spec.dtype, spec.shape, name=spec.name) for spec in model.inputs()}

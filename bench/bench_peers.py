@@ -66,12 +66,12 @@ def project_worker(overrides):
 
     from bench.bench_inference import configure
     from eval import predict_image
-    from modeling.generalized_rcnn import ResNetC4Model, ResNetFPNModel
+    from modeling.generalized_rcnn import build_model
     from config import config as cfg
 
     configure(['PREPROC.MAX_SIZE={}'.format(MAX_SIZE), 'TEST.RESULTS_PER_IM={}'.format(NUM_DETECTIONS)]
               + list(overrides))
-    model = ResNetFPNModel() if cfg.MODE_FPN else ResNetC4Model()
+    model = build_model(cfg)
     in_names, out_names = model.get_inference_tensor_names()
     predictor = OfflinePredictor(PredictConfig(
         model=model, session_creator=NewSessionCreator(config=session_config()),

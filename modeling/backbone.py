@@ -1,4 +1,4 @@
-"""ResNet backbones (C4 and FPN flavours) and the GroupNorm layer.
+"""ResNet backbones (C4 and FPN flavours).
 
 Shape shorthand: H, W image size in pixels; C channels; h, w the size of a feature map.
 A feature map is float32 [1, h, w, C] for data_format 'NHWC' and [1, C, h, w] for 'NCHW'.
@@ -22,57 +22,15 @@ import numpy as np
 
 from utils.tf_compat import tf
 
-from tensorpack.models import BatchNorm, layer_register
+from tensorpack.models import BatchNorm
 from tensorpack.tfutils.scope_utils import auto_reuse_variable_scope
 from tensorpack.tfutils.varreplace import custom_getter_scope, freeze_variables
-from tensorpack.utils.argtools import get_data_format
 
-DATA_FORMATS = ('NHWC', 'NCHW')
+from .model_box import check_data_format
+from .norms import GroupNorm
+
 SYNC_STATISTICS = ('nccl', 'horovod')
 FREEZE_AT_VALUES = (0, 1, 2)
-
-
-@layer_register(log_shape=True)
-def GroupNorm(x, group=32, gamma_initializer=None, data_format='channels_last', epsilon=1e-5):
-    """Group Normalization (Wu & He, 2018) over a 4D feature map.
-
-    x: float32 [N, h, w, C] ('NHWC'/'channels_last') or [N, C, h, w] ('NCHW'/'channels_first');
-    the layout comes from the argument or an enclosing argscope. C must be static and divisible
-    by `group`. Variables: gamma [C] (ones unless `gamma_initializer`), beta [C] (zeros).
-    Returns a tensor of x's shape.
-    """
-    data_format = get_data_format(data_format, keras_mode=False)
-    if x.shape.ndims != 4:
-        raise ValueError('GroupNorm expects a 4D tensor, got shape {}'.format(x.shape))
-    channel_axis = 3 if data_format == 'NHWC' else 1
-    channels = x.shape.as_list()[channel_axis]
-    if channels is None or channels % group != 0:
-        raise ValueError('GroupNorm needs a static channel count divisible by group={}, got {} '
-                         '(data_format {})'.format(group, channels, data_format))
-    group_size = channels // group
-
-    dyn_shape = tf.shape(x)
-    if data_format == 'NHWC':
-        grouped_shape = [dyn_shape[0], dyn_shape[1], dyn_shape[2], group, group_size]
-        reduce_axes = [1, 2, 4]
-        param_shape = [1, 1, 1, group, group_size]
-    else:
-        grouped_shape = [dyn_shape[0], group, group_size, dyn_shape[2], dyn_shape[3]]
-        reduce_axes = [2, 3, 4]
-        param_shape = [1, group, group_size, 1, 1]
-    grouped = tf.reshape(x, tf.stack(grouped_shape))
-    mean, variance = tf.nn.moments(grouped, reduce_axes, keepdims=True)
-
-    if gamma_initializer is None:
-        gamma_initializer = tf.ones_initializer()
-    beta = tf.get_variable('beta', [channels], initializer=tf.zeros_initializer())
-    gamma = tf.get_variable('gamma', [channels], initializer=gamma_initializer)
-    # batch_normalization folds everything into one multiply-add over the big tensor.
-    normalized = tf.nn.batch_normalization(
-        grouped, mean, variance, tf.reshape(beta, param_shape), tf.reshape(gamma, param_shape), epsilon)
-    out = tf.reshape(normalized, dyn_shape, name='output')
-    out.set_shape(x.shape)
-    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,8 +76,7 @@ NORMS = {
 def _check_options(norm, data_format, sync_statistics):
     if norm not in NORMS:
         raise ValueError('Unknown BACKBONE.NORM {!r}; valid: {}'.format(norm, ', '.join(NORMS)))
-    if data_format not in DATA_FORMATS:
-        raise ValueError('Unknown data_format {!r}; valid: {}'.format(data_format, ', '.join(DATA_FORMATS)))
+    check_data_format(data_format)
     if norm == 'SyncBN' and sync_statistics not in SYNC_STATISTICS:
         raise ValueError("BACKBONE.NORM='SyncBN' needs sync_statistics in {}, got {!r}".format(
             SYNC_STATISTICS, sync_statistics))
@@ -278,8 +235,7 @@ def image_preprocess(image, pixel_mean, pixel_std, data_format):
     RGB order (as in the config). Returns float32 [1, H, W, 3] ('NHWC') or [1, 3, H, W] ('NCHW')
     holding (image - mean) / std per channel.
     """
-    if data_format not in DATA_FORMATS:
-        raise ValueError('Unknown data_format {!r}; valid: {}'.format(data_format, ', '.join(DATA_FORMATS)))
+    check_data_format(data_format)
     with tf.name_scope('image_preprocess'):
         image = tf.cast(image, tf.float32)
         mean_bgr = np.asarray(pixel_mean, dtype=np.float32)[::-1]

@@ -1,7 +1,8 @@
 """The model assembly: tensorpack ModelDescs for ResNet-C4 and ResNet-FPN Faster/Mask/Cascade R-CNN.
 
-This is the one modeling module that reads the (finalized) config; it reads it while building
-the graph and passes plain values down to the pure functions of the other modules.
+The models take a `ModelParams` record (modeling/params.py) in their constructor and pass
+plain values from it down to the pure functions of the other modules; `build_model(cfg)` makes
+that record from a finalized config and picks the class from META_ARCHITECTURES.
 
 Shape shorthand: H, W resized image size; M gt boxes; N proposals; R final detections;
 K categories; A anchors per cell. Boxes are float32 x1y1x2y2 in pixels of the resized image.
@@ -9,19 +10,17 @@ Inputs and outputs are named by utils/tensor_names.py.
 """
 from collections import namedtuple
 
-import numpy as np
-
 from utils.tf_compat import amp_compute_dtype, tf  # noqa: I001  (must come before tensorpack)
 
 from tensorpack import ModelDesc
 from tensorpack.models import GlobalAvgPooling, l2_regularizer, regularize_cost
 from tensorpack.tfutils.summary import add_moving_summary
 
-from config import config as cfg
 from utils import tensor_names as names
 from utils.np_box_ops import get_all_anchors, get_all_anchors_fpn
 from utils.training import AccumGradOptimizer, with_dynamic_loss_scaling
 
+from .params import C4_ROI_SIZES, FPN_ROI_SIZES, REFERENCE_TOTAL_BATCH, ModelParams
 from .backbone import image_preprocess, resnet_c4_backbone, resnet_conv5, resnet_fpn_backbone
 from .model_box import RPNAnchors, area, clip_boxes, crop_and_resize, roi_align
 from .model_cascade import CascadeRCNNHead
@@ -35,21 +34,12 @@ GroundTruth = namedtuple('GroundTruth', ['boxes', 'labels', 'masks'])
 GroundTruth.__doc__ = """Training targets of one image: boxes float32 [M, 4], labels int64 [M],
 masks uint8 [M, H, W] or None (no mask head)."""
 
+MaskRoiFeatures = namedtuple('MaskRoiFeatures', ['of_sampled_foreground', 'of_detections'])
+MaskRoiFeatures.__doc__ = """How a box head hands ROI features to the mask head, per mode.
 
-def _backbone_options():
-    """Keyword arguments shared by the backbone builders."""
-    sync_statistics = None
-    if cfg.BACKBONE.NORM == 'SyncBN':
-        # Batch statistics are averaged over all GPUs, by Horovod or, in-process, by NCCL.
-        sync_statistics = 'horovod' if cfg.TRAINER == 'horovod' else 'nccl'
-    return dict(norm=cfg.BACKBONE.NORM, freeze_affine=cfg.BACKBONE.FREEZE_AFFINE,
-                tf_pad_mode=cfg.BACKBONE.TF_PAD_MODE, stride_1x1=cfg.BACKBONE.STRIDE_1X1,
-                data_format=cfg.BACKBONE.DATA_FORMAT, sync_statistics=sync_statistics)
-
-
-def _decode_clip():
-    # tensorpack caps decoded log-scale deltas at log(MAX_SIZE / 16).
-    return float(np.log(cfg.PREPROC.MAX_SIZE / 16.))
+of_sampled_foreground(proposals): training, the foreground rois of the sampled BoxProposals;
+of_detections(boxes float32 [R, 4]): inference, the final detections. Both return the mask
+head's input, float32 [F or R, S, S, C] (or NCHW)."""
 
 
 def run_on_nonempty_batch(head, roi_features):
@@ -70,19 +60,25 @@ def run_on_nonempty_batch(head, roi_features):
     return head(padded)[:num_rois]
 
 
-def _rpn_topk(training):
-    """(pre-NMS top-k, post-NMS top-k, per-level top-k) of the RPN proposals."""
-    prefix = 'TRAIN_' if training else 'TEST_'
-    return tuple(getattr(cfg.RPN, prefix + key) for key in ('PRE_NMS_TOPK', 'POST_NMS_TOPK', 'PER_LEVEL_NMS_TOPK'))
-
-
 class GeneralizedRCNN(ModelDesc):
     """What C4 and FPN share: inputs, losses, inference outputs, optimizer.
 
-    Subclasses provide `backbone`, `rpn`, `box_head`, `mask_head` and `MASK_SIZE`.
+    Subclasses provide `backbone`, `rpn`, `box_head`, `mask_head` and `ROI_SIZES`.
+
+    params: the ModelParams of this model; nothing else is read while building the graph.
     """
 
-    MASK_SIZE = None    # side of the mask head's output (and of the mask targets)
+    ROI_SIZES = None    # a params.RoiSizes: ROIAlign sides and the mask size
+
+    def __init__(self, params):
+        if not isinstance(params, ModelParams):
+            raise TypeError('{} takes a modeling.params.ModelParams (see build_model(cfg)), got {!r}'.format(
+                type(self).__name__, type(params).__name__))
+        self.params = params
+
+    @property
+    def data_format(self):
+        return self.params.backbone.data_format
 
     def _anchor_inputs(self):
         raise NotImplementedError
@@ -92,34 +88,35 @@ class GeneralizedRCNN(ModelDesc):
         specs.extend(self._anchor_inputs())
         specs.extend([tf.TensorSpec((None, 4), tf.float32, names.GT_BOXES),
                       tf.TensorSpec((None,), tf.int64, names.GT_LABELS)])
-        if cfg.MODE_MASK:
+        if self.params.mode_mask:
             specs.append(tf.TensorSpec((None, None, None), tf.uint8, names.GT_MASKS_PACKED))
         return specs
 
     def optimizer(self):
         lr = tf.get_variable('learning_rate', initializer=0.003, trainable=False)
         tf.summary.scalar('learning_rate-summary', lr)
-        # The schedule is for a total batch of 8 images whose gradients are summed (not
-        # averaged) over towers and accumulation steps; lr / 8 makes that the average.
-        opt = tf.train.MomentumOptimizer(lr / 8., 0.9)
-        if cfg.TRAIN.ACCUMULATE_STEPS > 1:
+        # The schedule is for a total batch of REFERENCE_TOTAL_BATCH images whose gradients are
+        # summed (not averaged) over towers and accumulation steps; dividing makes that the average.
+        opt = tf.train.MomentumOptimizer(lr / float(REFERENCE_TOTAL_BATCH), 0.9)
+        accumulate_steps = self.params.train.accumulate_steps
+        if accumulate_steps > 1:
             # ours, not tensorpack's: that one applies at racy steps, which lets Horovod ranks drift apart
-            opt = AccumGradOptimizer(opt, cfg.TRAIN.ACCUMULATE_STEPS)
-        if cfg.TRAIN.AMP and amp_compute_dtype() == 'float16':
+            opt = AccumGradOptimizer(opt, accumulate_steps)
+        if self.params.train.amp and amp_compute_dtype() == 'float16':
             # float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs none.
             opt = with_dynamic_loss_scaling(opt)
         return opt
 
     def get_inference_tensor_names(self):
         """(input names, output names) of the inference graph, for predictors."""
-        outputs = names.OUTPUT_NAMES_WITH_MASKS if cfg.MODE_MASK else names.OUTPUT_NAMES
+        outputs = names.OUTPUT_NAMES_WITH_MASKS if self.params.mode_mask else names.OUTPUT_NAMES
         return [names.IMAGE], list(outputs)
 
     def build_graph(self, *inputs):
         inputs = dict(zip(self.input_names, inputs))
         image_shape_hw = tf.shape(inputs[names.IMAGE])[:2]
-        image = image_preprocess(inputs[names.IMAGE], cfg.PREPROC.PIXEL_MEAN, cfg.PREPROC.PIXEL_STD,
-                                 cfg.BACKBONE.DATA_FORMAT)
+        image = image_preprocess(inputs[names.IMAGE], self.params.pixel_mean, self.params.pixel_std,
+                                 self.data_format)
         features = self.backbone(image)
         proposals, rpn_loss_list = self.rpn(features, image_shape_hw, inputs)
 
@@ -129,14 +126,14 @@ class GeneralizedRCNN(ModelDesc):
             return None
 
         gt_masks = None
-        if cfg.MODE_MASK:
+        if self.params.mode_mask:
             gt_masks = tf.identity(unpackbits_masks(inputs[names.GT_MASKS_PACKED], image_shape_hw), name='gt_masks')
         targets = GroundTruth(inputs[names.GT_BOXES], inputs[names.GT_LABELS], gt_masks)
         gt_areas = area(targets.boxes)
         add_moving_summary(tf.where(tf.size(gt_areas) > 0, tf.reduce_mean(gt_areas), 0., name='mean_gt_box_area'))
 
         head_loss_list = self.roi_heads(features, proposals, image_shape_hw, targets)
-        wd_cost = regularize_cost('.*/W', l2_regularizer(cfg.TRAIN.WEIGHT_DECAY), name='wd_cost')
+        wd_cost = regularize_cost('.*/W', l2_regularizer(self.params.train.weight_decay), name='wd_cost')
         total_cost = tf.add_n(rpn_loss_list + head_loss_list + [wd_cost], 'total_cost')
         add_moving_summary(total_cost, wd_cost)
         return total_cost
@@ -153,35 +150,37 @@ class GeneralizedRCNN(ModelDesc):
 
     def roi_heads(self, features, proposals, image_shape_hw, targets):
         """Box (and mask) heads. Training: returns their losses; inference: creates the outputs."""
+        frcnn = self.params.frcnn
         if self.training:
             proposals = sample_fast_rcnn_targets(
-                proposals.boxes, targets.boxes, targets.labels, batch_per_im=cfg.FRCNN.BATCH_PER_IM,
-                fg_ratio=cfg.FRCNN.FG_RATIO, fg_thresh=cfg.FRCNN.FG_THRESH)
+                proposals.boxes, targets.boxes, targets.labels, batch_per_im=frcnn.batch_per_im,
+                fg_ratio=frcnn.fg_ratio, fg_thresh=frcnn.fg_thresh)
         box_head, mask_roi_features = self.box_head(features, proposals, image_shape_hw, targets)
 
         if self.training:
             losses = box_head.losses()
-            if cfg.MODE_MASK:
+            if self.params.mode_mask:
                 mask_logits = run_on_nonempty_batch(
-                    self.mask_head, mask_roi_features(proposals.fg_boxes, proposals.fg_inds))
+                    self.mask_head, mask_roi_features.of_sampled_foreground(proposals))
                 target_masks = crop_and_resize(
                     tf.expand_dims(tf.cast(targets.masks, tf.float32), 3), proposals.fg_boxes,
-                    proposals.fg_inds_wrt_gt, self.MASK_SIZE, 'NHWC', pad_border=False)
+                    proposals.fg_inds_wrt_gt, self.ROI_SIZES.mask_size, 'NHWC', pad_border=False)
                 target_masks = tf.squeeze(target_masks, 3, name='sampled_fg_mask_targets')
                 losses.append(maskrcnn_loss(mask_logits, proposals.fg_labels, target_masks))
             return losses
 
-        all_boxes = clip_boxes(box_head.decoded_output_boxes(), image_shape_hw, name='fastrcnn_all_boxes')
-        all_scores = box_head.output_scores(name='fastrcnn_all_scores')
+        all_boxes = clip_boxes(box_head.decoded_output_boxes(), image_shape_hw, name=names.FASTRCNN_ALL_BOXES)
+        all_scores = box_head.output_scores(name=names.FASTRCNN_ALL_SCORES)
+        test = self.params.test
         boxes, scores, labels = fastrcnn_predictions(
-            all_boxes, all_scores, score_thresh=cfg.TEST.RESULT_SCORE_THRESH,
-            nms_thresh=cfg.TEST.FRCNN_NMS_THRESH, results_per_im=cfg.TEST.RESULTS_PER_IM)
+            all_boxes, all_scores, score_thresh=test.result_score_thresh,
+            nms_thresh=test.frcnn_nms_thresh, results_per_im=test.results_per_im)
         tf.identity(boxes, name=names.OUTPUT_BOXES)
         tf.identity(scores, name=names.OUTPUT_SCORES)
         tf.identity(labels, name=names.OUTPUT_LABELS)
-        if cfg.MODE_MASK:
+        if self.params.mode_mask:
             # Only the (at most RESULTS_PER_IM) final detections go through the mask head.
-            mask_logits = run_on_nonempty_batch(self.mask_head, mask_roi_features(boxes, None))
+            mask_logits = run_on_nonempty_batch(self.mask_head, mask_roi_features.of_detections(boxes))
             tf.sigmoid(select_class_masks(mask_logits, labels), name=names.OUTPUT_MASKS)
         return []
 
@@ -189,154 +188,181 @@ class GeneralizedRCNN(ModelDesc):
 class ResNetC4Model(GeneralizedRCNN):
     """Faster/Mask R-CNN on ResNet stages 1-4, with stage 5 as the per-roi box/mask head."""
 
-    MASK_SIZE = 14
+    ROI_SIZES = C4_ROI_SIZES
 
     def _anchor_inputs(self):
-        return [tf.TensorSpec((None, None, cfg.RPN.NUM_ANCHOR), tf.int32, names.C4_ANCHOR_LABELS),
-                tf.TensorSpec((None, None, cfg.RPN.NUM_ANCHOR, 4), tf.float32, names.C4_ANCHOR_BOXES)]
+        num_anchors = self.params.rpn.num_anchors_c4
+        return [tf.TensorSpec((None, None, num_anchors), tf.int32, names.C4_ANCHOR_LABELS),
+                tf.TensorSpec((None, None, num_anchors, 4), tf.float32, names.C4_ANCHOR_BOXES)]
 
     def backbone(self, image):
-        return [resnet_c4_backbone(image, cfg.BACKBONE.RESNET_NUM_BLOCKS[:3], freeze_at=cfg.BACKBONE.FREEZE_AT,
-                                   **_backbone_options())]
+        backbone = self.params.backbone
+        return [resnet_c4_backbone(image, backbone.resnet_num_blocks[:3], freeze_at=backbone.freeze_at,
+                                   **backbone.layer_options())]
 
     def rpn(self, features, image_shape_hw, inputs):
         featuremap = features[0]
-        data_format = cfg.BACKBONE.DATA_FORMAT
-        label_logits, box_logits = rpn_head('rpn', featuremap, cfg.RPN.HEAD_DIM, cfg.RPN.NUM_ANCHOR, data_format)
-        all_anchors = get_all_anchors(cfg.RPN.ANCHOR_STRIDE, cfg.RPN.ANCHOR_SIZES, cfg.RPN.ANCHOR_RATIOS,
-                                      cfg.PREPROC.MAX_SIZE)
+        rpn = self.params.rpn
+        label_logits, box_logits = rpn_head('rpn', featuremap, rpn.head_dim, rpn.num_anchors_c4, self.data_format)
+        all_anchors = get_all_anchors(rpn.anchor_stride, rpn.anchor_sizes, rpn.anchor_ratios, self.params.max_size)
         if self.training:
             anchors = RPNAnchors(all_anchors, inputs[names.C4_ANCHOR_LABELS], inputs[names.C4_ANCHOR_BOXES])
         else:
             anchors = RPNAnchors(all_anchors, None, None)
-        anchors = anchors.narrow_to(featuremap, data_format)
+        anchors = anchors.narrow_to(featuremap, self.data_format)
 
-        pred_boxes = anchors.decode_logits(box_logits, clip=_decode_clip())  # [fH, fW, A, 4]
-        pre_topk, post_topk, _ = _rpn_topk(self.training)
+        pred_boxes = anchors.decode_logits(box_logits, clip=self.params.decode_clip)  # [fH, fW, A, 4]
+        topk = rpn.topk(self.training)
         proposal_boxes, _ = generate_rpn_proposals(
             tf.reshape(pred_boxes, [-1, 4]), tf.reshape(label_logits, [-1]), image_shape_hw,
-            pre_topk, post_topk, cfg.RPN.PROPOSAL_NMS_THRESH, cfg.RPN.MIN_SIZE)
+            topk.pre_nms_topk, topk.post_nms_topk, rpn.proposal_nms_thresh, rpn.min_size)
         losses = []
         if self.training:
             losses = rpn_losses(anchors.gt_labels, anchors.encoded_gt_boxes(), label_logits, box_logits,
-                                cfg.RPN.BATCH_PER_IM)
+                                rpn.batch_per_im)
         return BoxProposals(proposal_boxes), losses
 
     def _conv5(self, roi_features):
+        backbone = self.params.backbone
+
         def conv5(features):
-            return resnet_conv5(features, cfg.BACKBONE.RESNET_NUM_BLOCKS[-1], **_backbone_options())
+            return resnet_conv5(features, backbone.resnet_num_blocks[-1], **backbone.layer_options())
         return run_on_nonempty_batch(conv5, roi_features)
 
     def _roi_conv5(self, featuremap, boxes):
         """group3 on the 14x14 ROIAlign of `boxes`: [N, 7, 7, 2048] (or NCHW)."""
-        data_format = cfg.BACKBONE.DATA_FORMAT
-        rois = roi_align(featuremap, boxes * (1.0 / cfg.RPN.ANCHOR_STRIDE), 14, data_format)
+        rois = roi_align(featuremap, boxes * (1.0 / self.params.rpn.anchor_stride),
+                         self.ROI_SIZES.box_roi_resolution, self.data_format)
         return self._conv5(rois)
 
     def box_head(self, features, proposals, image_shape_hw, targets):
         featuremap = features[0]
-        data_format = cfg.BACKBONE.DATA_FORMAT
         conv5_features = self._roi_conv5(featuremap, proposals.boxes)
-        pooled = GlobalAvgPooling('gap', conv5_features, data_format=data_format)
-        label_logits, box_logits = fastrcnn_outputs('fastrcnn', pooled, cfg.DATA.NUM_CATEGORY)
+        pooled = GlobalAvgPooling('gap', conv5_features, data_format=self.data_format)
+        label_logits, box_logits = fastrcnn_outputs('fastrcnn', pooled, self.params.num_category)
         head = FastRCNNHead(proposals, box_logits, label_logits, targets.boxes if targets else None,
-                            cfg.FRCNN.BBOX_REG_WEIGHTS, _decode_clip())
-
-        def mask_roi_features(boxes, fg_inds):
-            if fg_inds is not None:
-                # Training: the foreground rois already went through conv5 for the box head.
-                return tf.gather(conv5_features, fg_inds)
-            return self._roi_conv5(featuremap, boxes)
-        return head, mask_roi_features
+                            self.params.frcnn.bbox_reg_weights, self.params.decode_clip)
+        mask_features = MaskRoiFeatures(
+            # Training: the foreground rois already went through conv5 for the box head.
+            of_sampled_foreground=lambda sampled: tf.gather(conv5_features, sampled.fg_inds),
+            of_detections=lambda boxes: self._roi_conv5(featuremap, boxes))
+        return head, mask_features
 
     def mask_head(self, roi_features):
-        return maskrcnn_c4_head('maskrcnn', roi_features, cfg.DATA.NUM_CATEGORY, head_dim=cfg.MRCNN.HEAD_DIM,
-                                data_format=cfg.BACKBONE.DATA_FORMAT)
+        return maskrcnn_c4_head('maskrcnn', roi_features, self.params.num_category,
+                                head_dim=self.params.mask.head_dim, data_format=self.data_format)
 
 
 class ResNetFPNModel(GeneralizedRCNN):
     """Faster/Mask/Cascade R-CNN on a ResNet-FPN (levels p2..p6)."""
 
-    MASK_SIZE = 28
+    ROI_SIZES = FPN_ROI_SIZES
+
+    def _levels(self):
+        """The anchor levels: one per FPN.ANCHOR_STRIDES entry, from p2 up."""
+        return names.FPN_LEVELS[:len(self.params.fpn.anchor_strides)]
 
     def _anchor_inputs(self):
-        num_anchors = len(cfg.RPN.ANCHOR_RATIOS)
+        num_anchors = self.params.rpn.num_anchors_fpn
         specs = []
-        for level in names.FPN_LEVELS[:len(cfg.FPN.ANCHOR_STRIDES)]:
+        for level in self._levels():
             specs.extend([
                 tf.TensorSpec((None, None, num_anchors), tf.int32, names.fpn_anchor_labels(level)),
                 tf.TensorSpec((None, None, num_anchors, 4), tf.float32, names.fpn_anchor_boxes(level))])
         return specs
 
     def backbone(self, image):
-        data_format = cfg.BACKBONE.DATA_FORMAT
-        c2345 = resnet_fpn_backbone(image, cfg.BACKBONE.RESNET_NUM_BLOCKS, freeze_at=cfg.BACKBONE.FREEZE_AT,
-                                    resolution_requirement=cfg.FPN.RESOLUTION_REQUIREMENT, **_backbone_options())
-        return fpn_model('fpn', list(c2345), cfg.FPN.NUM_CHANNEL, cfg.FPN.NORM == 'GN', data_format)
+        backbone, fpn = self.params.backbone, self.params.fpn
+        c2345 = resnet_fpn_backbone(image, backbone.resnet_num_blocks, freeze_at=backbone.freeze_at,
+                                    resolution_requirement=fpn.resolution_requirement, **backbone.layer_options())
+        return fpn_model('fpn', list(c2345), fpn.num_channel, fpn.norm == 'GN', self.data_format)
 
     def rpn(self, features, image_shape_hw, inputs):
-        data_format = cfg.BACKBONE.DATA_FORMAT
-        all_anchors = get_all_anchors_fpn(cfg.FPN.ANCHOR_STRIDES, cfg.RPN.ANCHOR_SIZES, cfg.RPN.ANCHOR_RATIOS,
-                                          cfg.PREPROC.MAX_SIZE)
+        rpn, fpn = self.params.rpn, self.params.fpn
+        all_anchors = get_all_anchors_fpn(fpn.anchor_strides, rpn.anchor_sizes, rpn.anchor_ratios,
+                                          self.params.max_size)
         multilevel_anchors = []
-        for level, level_anchors, featuremap in zip(names.FPN_LEVELS, all_anchors, features):
+        for level, level_anchors, featuremap in zip(self._levels(), all_anchors, features):
             if self.training:
                 anchors = RPNAnchors(level_anchors, inputs[names.fpn_anchor_labels(level)],
                                      inputs[names.fpn_anchor_boxes(level)])
             else:
                 anchors = RPNAnchors(level_anchors, None, None)
-            multilevel_anchors.append(anchors.narrow_to(featuremap, data_format,
+            multilevel_anchors.append(anchors.narrow_to(featuremap, self.data_format,
                                                         name_scope='FPN_slice_lvl{}'.format(level)))
 
         # One rpn head, its variables shared by all levels.
-        rpn_outputs = [rpn_head('rpn', p, cfg.FPN.NUM_CHANNEL, len(cfg.RPN.ANCHOR_RATIOS), data_format)
+        rpn_outputs = [rpn_head('rpn', p, fpn.num_channel, rpn.num_anchors_fpn, self.data_format)
                        for p in features]
         label_logits = [out[0] for out in rpn_outputs]
         box_logits = [out[1] for out in rpn_outputs]
-        pred_boxes = [anchors.decode_logits(logits, clip=_decode_clip())
+        pred_boxes = [anchors.decode_logits(logits, clip=self.params.decode_clip)
                       for anchors, logits in zip(multilevel_anchors, box_logits)]
-        pre_topk, post_topk, per_level_topk = _rpn_topk(self.training)
+        topk = rpn.topk(self.training)
         proposal_boxes, _ = generate_fpn_proposals(
-            pred_boxes, label_logits, image_shape_hw, proposal_mode=cfg.FPN.PROPOSAL_MODE,
-            pre_nms_topk=pre_topk, post_nms_topk=post_topk, per_level_topk=per_level_topk,
-            nms_thresh=cfg.RPN.PROPOSAL_NMS_THRESH, min_size=cfg.RPN.MIN_SIZE)
+            pred_boxes, label_logits, image_shape_hw, proposal_mode=fpn.proposal_mode,
+            pre_nms_topk=topk.pre_nms_topk, post_nms_topk=topk.post_nms_topk, per_level_topk=topk.per_level_topk,
+            nms_thresh=rpn.proposal_nms_thresh, min_size=rpn.min_size)
         losses = []
         if self.training:
-            losses = multilevel_rpn_losses(multilevel_anchors, label_logits, box_logits, cfg.RPN.BATCH_PER_IM)
+            losses = multilevel_rpn_losses(multilevel_anchors, label_logits, box_logits, rpn.batch_per_im)
         return BoxProposals(proposal_boxes), losses
 
     def box_head(self, features, proposals, image_shape_hw, targets):
-        data_format = cfg.BACKBONE.DATA_FORMAT
+        params, fpn, data_format = self.params, self.params.fpn, self.data_format
         p2345 = features[:4]
-        head_func = get_box_head(cfg.FPN.FRCNN_HEAD_FUNC)
+        head_func = get_box_head(fpn.box_head)
 
         def box_head_func(scope, roi_features):
             def head(features):
-                return head_func(scope, features, conv_dim=cfg.FPN.FRCNN_CONV_HEAD_DIM,
-                                 fc_dim=cfg.FPN.FRCNN_FC_HEAD_DIM, data_format=data_format)
+                return head_func(scope, features, conv_dim=fpn.conv_head_dim, fc_dim=fpn.fc_head_dim,
+                                 data_format=data_format)
             return run_on_nonempty_batch(head, roi_features)
 
         def roi_func(boxes):
-            return multilevel_roi_align(p2345, boxes, 7, data_format)
+            return multilevel_roi_align(p2345, boxes, self.ROI_SIZES.box_roi_resolution, data_format)
 
         gt_boxes = targets.boxes if targets else None
-        if cfg.FPN.CASCADE:
+        if fpn.cascade:
             head = CascadeRCNNHead(
                 proposals, roi_func, box_head_func, gt_boxes, targets.labels if targets else None,
-                image_shape_hw, cfg.DATA.NUM_CATEGORY, ious=cfg.CASCADE.IOUS,
-                bbox_reg_weights=cfg.CASCADE.BBOX_REG_WEIGHTS, decode_clip=_decode_clip(), training=self.training)
+                image_shape_hw, params.num_category, ious=params.cascade.ious,
+                bbox_reg_weights=params.cascade.bbox_reg_weights, decode_clip=params.decode_clip,
+                training=self.training)
         else:
             head_feature = box_head_func('fastrcnn', roi_func(proposals.boxes))
-            label_logits, box_logits = fastrcnn_outputs('fastrcnn/outputs', head_feature, cfg.DATA.NUM_CATEGORY)
-            head = FastRCNNHead(proposals, box_logits, label_logits, gt_boxes, cfg.FRCNN.BBOX_REG_WEIGHTS,
-                                _decode_clip())
+            label_logits, box_logits = fastrcnn_outputs('fastrcnn/outputs', head_feature, params.num_category)
+            head = FastRCNNHead(proposals, box_logits, label_logits, gt_boxes, params.frcnn.bbox_reg_weights,
+                                params.decode_clip)
 
-        def mask_roi_features(boxes, fg_inds):
-            del fg_inds
-            return multilevel_roi_align(p2345, boxes, 14, data_format, name_scope='multilevel_roi_align_mask')
-        return head, mask_roi_features
+        def mask_roi_align(boxes):
+            return multilevel_roi_align(p2345, boxes, self.ROI_SIZES.mask_roi_resolution, data_format,
+                                        name_scope='multilevel_roi_align_mask')
+        mask_features = MaskRoiFeatures(of_sampled_foreground=lambda sampled: mask_roi_align(sampled.fg_boxes),
+                                        of_detections=mask_roi_align)
+        return head, mask_features
 
     def mask_head(self, roi_features):
-        head_func = get_mask_head(cfg.FPN.MRCNN_HEAD_FUNC)
-        return head_func('maskrcnn', roi_features, cfg.DATA.NUM_CATEGORY, head_dim=cfg.MRCNN.HEAD_DIM,
-                         data_format=cfg.BACKBONE.DATA_FORMAT)
+        head_func = get_mask_head(self.params.fpn.mask_head)
+        return head_func('maskrcnn', roi_features, self.params.num_category, head_dim=self.params.mask.head_dim,
+                         data_format=self.data_format)
+
+
+# ModelParams.meta_architecture -> model class.
+META_ARCHITECTURES = {
+    'ResNetC4': ResNetC4Model,
+    'ResNetFPN': ResNetFPNModel,
+}
+
+
+def model_from_params(params):
+    """The model class of `params.meta_architecture`, built from `params` (a ModelParams)."""
+    if params.meta_architecture not in META_ARCHITECTURES:
+        raise KeyError('Unknown meta-architecture {!r}; valid: {}'.format(
+            params.meta_architecture, ', '.join(META_ARCHITECTURES)))
+    return META_ARCHITECTURES[params.meta_architecture](params)
+
+
+def build_model(cfg):
+    """The model of a finalized config `cfg` (MODE_FPN picks C4 or FPN)."""
+    return model_from_params(ModelParams.from_config(cfg))

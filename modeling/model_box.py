@@ -39,16 +39,15 @@ import numpy as np
 from utils.tf_compat import tf
 from tensorpack.tfutils.scope_utils import under_name_scope
 
-DATA_FORMATS = ('NHWC', 'NCHW')
+from .params import DATA_FORMATS
 
-# Default log-space clamp on decoded dw/dh: tensorpack's log(PREPROC.MAX_SIZE / 16).
-DEFAULT_DECODE_CLIP = float(np.log(1333 / 16.))
 
 
 def check_data_format(data_format):
-    """Raise ValueError unless `data_format` is 'NHWC' or 'NCHW'."""
+    """Raise ValueError unless `data_format` is 'NHWC' or 'NCHW' (BACKBONE.DATA_FORMAT)."""
     if data_format not in DATA_FORMATS:
-        raise ValueError("data_format must be one of {}, got {!r}".format(DATA_FORMATS, data_format))
+        raise ValueError("Unknown data_format {!r} (BACKBONE.DATA_FORMAT); valid: {}".format(
+            data_format, ', '.join(DATA_FORMATS)))
 
 
 @under_name_scope()
@@ -117,14 +116,15 @@ def encode_bbox_target(boxes, anchors, weights=(1., 1., 1., 1.)):
 
 
 @under_name_scope()
-def decode_bbox_target(deltas, anchors, weights=(1., 1., 1., 1.), clip=DEFAULT_DECODE_CLIP):
+def decode_bbox_target(deltas, anchors, weights=(1., 1., 1., 1.), *, clip):
     """Apply regression `deltas` to `anchors`; inverse of `encode_bbox_target`.
 
     deltas: float32 [..., 4] (dx, dy, dw, dh), weighted as in encode.
     anchors: float32 [..., 4], x1y1x2y2, broadcastable against deltas
         (e.g. [R, 1, 4] anchors with [R, K, 4] per-class deltas).
     weights: 4 floats (wx, wy, ww, wh) the deltas are divided by.
-    clip: upper bound on dw, dh before exp(), so wild predictions stay finite.
+    clip: upper bound on dw, dh before exp(), so wild predictions stay finite
+        (the model passes ModelParams.decode_clip, log(MAX_SIZE / 16)).
     Returns float32 boxes [..., 4], x1y1x2y2.
     """
     if not _is_unit(weights):
@@ -229,7 +229,7 @@ class RPNAnchors(namedtuple('_RPNAnchors', ['boxes', 'gt_labels', 'gt_boxes'])):
         """float32 [fH, fW, A, 4] regression targets (unweighted)."""
         return encode_bbox_target(self.gt_boxes, self.boxes)
 
-    def decode_logits(self, logits, clip=DEFAULT_DECODE_CLIP):
+    def decode_logits(self, logits, *, clip):
         """logits: float32 [fH, fW, A, 4] deltas -> float32 [fH, fW, A, 4] boxes, x1y1x2y2."""
         return decode_bbox_target(logits, self.boxes, clip=clip)
 

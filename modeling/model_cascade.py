@@ -8,7 +8,7 @@ Boxes are float32 x1y1x2y2 in pixels of the resized image.
 from utils.tf_compat import tf
 
 from .model_box import area, clip_boxes, pairwise_iou
-from .model_frcnn import BoxProposals, FastRCNNHead, fastrcnn_outputs
+from .model_frcnn import BoxProposals, FastRCNNHead, fastrcnn_outputs, match_boxes_to_best_gt
 
 
 def _scaled_gradient(scale):
@@ -80,17 +80,16 @@ class CascadeRCNNHead:
         return head, tf.stop_gradient(refined_boxes, name='output_boxes')
 
     def _match_boxes_with_gt(self, boxes, iou_threshold):
-        """Training: label each box with its best gt when IoU >= iou_threshold (no sampling)."""
+        """Training: label each box with its best gt when IoU >= iou_threshold (no sampling).
+
+        boxes: float32 [R, 4]. Returns BoxProposals with labels int64 [R] (0 = background) and
+        fg_inds_wrt_gt int64 [F] (the matched gt of each foreground box, in box order).
+        """
         if not self.training:
             return BoxProposals(boxes)
         with tf.name_scope('match_box_with_gt_{}'.format(iou_threshold)):
             iou = pairwise_iou(boxes, self.gt_boxes)  # [R, M]
-            has_gt = tf.shape(iou)[1] > 0
-            num_boxes = tf.shape(iou)[0]
-            best_iou = tf.cond(has_gt, lambda: tf.reduce_max(iou, axis=1), lambda: tf.zeros([num_boxes]))
-            best_gt = tf.cond(has_gt, lambda: tf.argmax(iou, axis=1),
-                              lambda: tf.zeros([num_boxes], dtype=tf.int64))
-            fg_mask = best_iou >= iou_threshold
+            best_gt, fg_mask = match_boxes_to_best_gt(iou, iou_threshold)
             # A trailing background label keeps the gather valid when there is no gt at all.
             padded_gt_labels = tf.concat([self.gt_labels, tf.zeros([1], tf.int64)], axis=0)
             labels = tf.gather(padded_gt_labels, best_gt) * tf.cast(fg_mask, tf.int64)

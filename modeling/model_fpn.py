@@ -13,11 +13,14 @@ from tensorpack.tfutils.argscope import argscope
 from tensorpack.tfutils.scope_utils import under_name_scope
 from tensorpack.tfutils.summary import add_moving_summary
 
+from utils.tensor_names import FPN_LEVELS, FPN_PROPOSALS_SCOPE
+
 from .model_box import area, check_data_format, roi_align_nhwc
 from .model_rpn import generate_rpn_proposals, rpn_losses
+from .norms import GroupNorm
 
-ROI_LEVELS = (2, 3, 4, 5)           # ROIAlign reads p2..p5 (never p6)
-ROI_STRIDES = (4, 8, 16, 32)        # strides of p2..p5
+ROI_LEVELS = FPN_LEVELS[:4]                     # ROIAlign reads p2..p5 (never p6)
+ROI_STRIDES = tuple(2 ** level for level in ROI_LEVELS)   # level L has stride 2**L: 4, 8, 16, 32
 
 
 def _upsample2x(x, data_format):
@@ -38,8 +41,6 @@ def _upsample2x(x, data_format):
 
 
 def _group_norm(name, x, data_format):
-    # Imported here so that FPN without GN does not depend on the backbone module.
-    from .backbone import GroupNorm
     return GroupNorm(name, x, data_format=data_format)
 
 
@@ -152,11 +153,11 @@ def multilevel_rpn_losses(multilevel_anchors, multilevel_label_logits, multileve
             num_levels, len(multilevel_label_logits), len(multilevel_box_logits)))
     losses = []
     with tf.name_scope('rpn_losses'):
-        for index, (anchors, label_logits, box_logits) in enumerate(
-                zip(multilevel_anchors, multilevel_label_logits, multilevel_box_logits)):
+        for level, anchors, label_logits, box_logits in zip(
+                FPN_LEVELS, multilevel_anchors, multilevel_label_logits, multilevel_box_logits):
             losses.extend(rpn_losses(
                 anchors.gt_labels, anchors.encoded_gt_boxes(), label_logits, box_logits,
-                batch_per_im, name_scope='level{}'.format(index + 2)))
+                batch_per_im, name_scope='level{}'.format(level)))
         total_label_loss = tf.add_n(losses[::2], name='label_loss')
         total_box_loss = tf.add_n(losses[1::2], name='box_loss')
         add_moving_summary(total_label_loss, total_box_loss)
@@ -167,8 +168,8 @@ def _proposals_per_level(boxes_list, scores_list, image_shape2d, *, per_level_to
                          min_size, **_):
     """'Level' mode: top-k + NMS within each level, then the best `per_level_topk` overall."""
     all_boxes, all_scores = [], []
-    for index, (boxes, scores) in enumerate(zip(boxes_list, scores_list)):
-        with tf.name_scope('Lvl{}'.format(index + 2)):
+    for level, boxes, scores in zip(FPN_LEVELS, boxes_list, scores_list):
+        with tf.name_scope('Lvl{}'.format(level)):
             level_boxes, level_scores = generate_rpn_proposals(
                 boxes, scores, image_shape2d, per_level_topk, per_level_topk, nms_thresh, min_size)
         all_boxes.append(level_boxes)
@@ -192,7 +193,7 @@ def _proposals_joint(boxes_list, scores_list, image_shape2d, *, pre_nms_topk, po
 PROPOSAL_MODES = {'Level': _proposals_per_level, 'Joint': _proposals_joint}
 
 
-@under_name_scope()
+@under_name_scope(FPN_PROPOSALS_SCOPE)
 def generate_fpn_proposals(multilevel_pred_boxes, multilevel_label_logits, image_shape2d, *,
                            proposal_mode, pre_nms_topk, post_nms_topk, per_level_topk,
                            nms_thresh, min_size):

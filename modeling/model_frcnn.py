@@ -18,8 +18,8 @@ from tensorpack.tfutils.argscope import argscope
 from tensorpack.tfutils.scope_utils import under_name_scope
 from tensorpack.tfutils.summary import add_moving_summary
 
-from .backbone import GroupNorm
 from .model_box import decode_bbox_target, encode_bbox_target, pairwise_iou
+from .norms import GroupNorm
 
 
 class BoxProposals(namedtuple('_BoxProposals', ['boxes', 'labels', 'fg_inds_wrt_gt'],
@@ -62,6 +62,20 @@ def proposal_metrics(iou):
     add_moving_summary(*summaries)
 
 
+def match_boxes_to_best_gt(iou, fg_thresh):
+    """Match each box to the gt box it overlaps most; foreground if that IoU >= fg_thresh.
+
+    iou: float32 [N, M], M may be 0. Returns best_gt int64 [N] (0 when M == 0; only meaningful
+    where fg_mask is set) and fg_mask bool [N] (all False when M == 0, whatever fg_thresh).
+    """
+    has_gt = tf.shape(iou)[1] > 0
+    num_boxes = tf.shape(iou)[0]
+    best_iou = tf.cond(has_gt, lambda: tf.reduce_max(iou, axis=1), lambda: tf.zeros([num_boxes]))
+    best_gt = tf.cond(has_gt, lambda: tf.argmax(iou, axis=1), lambda: tf.zeros([num_boxes], dtype=tf.int64))
+    fg_mask = tf.logical_and(best_iou >= fg_thresh, has_gt)
+    return best_gt, fg_mask
+
+
 @under_name_scope()
 def sample_fast_rcnn_targets(boxes, gt_boxes, gt_labels, batch_per_im, fg_ratio, fg_thresh):
     """Sample the training rois of one image, tensorpack/Detectron style.
@@ -83,10 +97,7 @@ def sample_fast_rcnn_targets(boxes, gt_boxes, gt_labels, batch_per_im, fg_ratio,
     boxes = tf.concat([boxes, gt_boxes], axis=0)  # [N + M, 4]
     iou = tf.concat([iou, tf.eye(tf.shape(gt_boxes)[0])], axis=0)  # [N + M, M]
 
-    has_gt = tf.shape(iou)[1] > 0
-    num_rois = tf.shape(iou)[0]
-    fg_mask = tf.cond(has_gt, lambda: tf.reduce_max(iou, axis=1) >= fg_thresh,
-                      lambda: tf.zeros([num_rois], dtype=tf.bool))
+    best_gt, fg_mask = match_boxes_to_best_gt(iou, fg_thresh)   # [N + M]
     fg_inds = tf.reshape(tf.where(fg_mask), [-1])
     num_fg = tf.minimum(int(batch_per_im * fg_ratio), tf.size(fg_inds), name='num_fg')
     fg_inds = tf.random.shuffle(fg_inds)[:num_fg]
@@ -96,8 +107,6 @@ def sample_fast_rcnn_targets(boxes, gt_boxes, gt_labels, batch_per_im, fg_ratio,
     bg_inds = tf.random.shuffle(bg_inds)[:num_bg]
     add_moving_summary(num_fg, num_bg)
 
-    best_gt = tf.cond(has_gt, lambda: tf.argmax(iou, axis=1),
-                      lambda: tf.zeros([num_rois], dtype=tf.int64))  # [N + M]
     fg_inds_wrt_gt = tf.gather(best_gt, fg_inds)
 
     sampled_boxes = tf.gather(boxes, tf.concat([fg_inds, bg_inds], axis=0))
@@ -311,14 +320,14 @@ class FastRCNNHead:
         """float32 [N, K + 1, 4] (or [N, 1, 4] if class agnostic), not clipped."""
         return self._once('decoded', lambda: decode_bbox_target(
             self.box_logits, tf.expand_dims(self.proposals.boxes, 1), self.bbox_regression_weights,
-            self.decode_clip))
+            clip=self.decode_clip))
 
     def decoded_output_boxes_class_agnostic(self):
         """float32 [N, 4], the regressed boxes of a class-agnostic head, not clipped."""
         assert self.class_agnostic
         return self._once('agnostic', lambda: decode_bbox_target(
             tf.reshape(self.box_logits, [-1, 4]), self.proposals.boxes, self.bbox_regression_weights,
-            self.decode_clip))
+            clip=self.decode_clip))
 
     def output_scores(self, name=None):
         """float32 [N, K + 1], softmax over classes."""

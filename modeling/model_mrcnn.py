@@ -13,7 +13,7 @@ from tensorpack.tfutils.argscope import argscope
 from tensorpack.tfutils.scope_utils import under_name_scope
 from tensorpack.tfutils.summary import add_moving_summary
 
-from .backbone import GroupNorm
+from .norms import GroupNorm
 
 
 @under_name_scope()

@@ -10,6 +10,8 @@ from tensorpack.tfutils.argscope import argscope
 from tensorpack.tfutils.scope_utils import auto_reuse_variable_scope, under_name_scope
 from tensorpack.tfutils.summary import add_moving_summary
 
+from utils.tensor_names import RPN_PROPOSALS_SCOPE
+
 from .model_box import check_data_format, clip_boxes
 
 # Recall/precision of the fg/bg classifier are summarized at these probabilities.
@@ -109,7 +111,7 @@ def rpn_losses(anchor_labels, anchor_boxes_encoded, label_logits, box_logits, ba
     return [label_loss, box_loss]
 
 
-@under_name_scope()
+@under_name_scope(RPN_PROPOSALS_SCOPE)
 def generate_rpn_proposals(boxes, scores, img_shape_hw, pre_nms_topk, post_nms_topk,
                            nms_thresh, min_size):
     """Proposals: top `pre_nms_topk` by score, clip to the image, drop boxes not wider

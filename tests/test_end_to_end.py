@@ -179,13 +179,13 @@ def _predictor_outputs(trained, shapes_dir, image):
 
     from config import config as cfg, finalize_configs
     from dataset import register_shapes
-    from modeling.generalized_rcnn import ResNetFPNModel
+    from modeling.generalized_rcnn import build_model
     from utils.training import resolve_model_path
 
     cfg.update_args(trained['config'])
     register_shapes(shapes_dir)
     finalize_configs(is_training=False)
-    model = ResNetFPNModel()
+    model = build_model(cfg)
     in_names, out_names = model.get_inference_tensor_names()
     predictor = OfflinePredictor(PredictConfig(model=model, session_init=SmartInit(resolve_model_path(
         trained['logdir'])), input_names=in_names, output_names=out_names))

@@ -42,5 +42,12 @@ FASTRCNN_ALL_SCORES = 'fastrcnn_all_scores'   # float32 [P, K + 1], one row per 
 
 def proposal_tensor_names(fpn):
     """(boxes, probabilities) of the RPN proposals: float32 [P, 4] and [P]."""
-    scope = 'generate_fpn_proposals' if fpn else 'generate_rpn_proposals'
+    scope = FPN_PROPOSALS_SCOPE if fpn else RPN_PROPOSALS_SCOPE
     return scope + '/boxes', scope + '/probs'
+
+
+# Model-side names (issue 9) ---------------------------------------------------------------
+# Name scopes of the RPN proposals: C4 (and each FPN level inside the FPN scope) and FPN.
+RPN_PROPOSALS_SCOPE = 'generate_rpn_proposals'
+FPN_PROPOSALS_SCOPE = 'generate_fpn_proposals'
+FASTRCNN_ALL_BOXES = 'fastrcnn_all_boxes'     # float32 [P, K + 1, 4], clipped, one row per proposal

@@ -43,8 +43,8 @@ def configure(*overrides, is_training=True, tiny=True, num_category=None):
 
 
 def build_model():
-    from modeling.generalized_rcnn import ResNetC4Model, ResNetFPNModel
-    return ResNetFPNModel() if cfg.MODE_FPN else ResNetC4Model()
+    from modeling.generalized_rcnn import build_model as build_rcnn
+    return build_rcnn(cfg)
 
 
 def placeholders(model):

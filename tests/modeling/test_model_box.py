@@ -102,7 +102,7 @@ def test_encode_decode_round_trip_with_weights():
     anchors = np.concatenate([xy, xy + rng.uniform(1, 40, (6, 2))], axis=1).astype(np.float32)
     weights = (10., 10., 5., 5.)
     decoded = run_graph(
-        lambda b, a: model_box.decode_bbox_target(model_box.encode_bbox_target(b, a, weights), a, weights),
+        lambda b, a: model_box.decode_bbox_target(model_box.encode_bbox_target(b, a, weights), a, weights, clip=4.),
         boxes, anchors)
     np.testing.assert_allclose(decoded, boxes, rtol=1e-5, atol=1e-4)
 
@@ -131,8 +131,8 @@ def test_decode_broadcasts_anchors_over_classes():
     deltas = rng.normal(size=(2, 3, 4)).astype(np.float32)
     anchors = np.array([[[0, 0, 10, 20]], [[5, 5, 8, 9]]], np.float32)     # [2, 1, 4]
     broadcast, tiled = run_graph(
-        lambda d, a: (model_box.decode_bbox_target(d, a, (10., 10., 5., 5.)),
-                      model_box.decode_bbox_target(d, tf.tile(a, [1, 3, 1]), (10., 10., 5., 5.))),
+        lambda d, a: (model_box.decode_bbox_target(d, a, (10., 10., 5., 5.), clip=4.),
+                      model_box.decode_bbox_target(d, tf.tile(a, [1, 3, 1]), (10., 10., 5., 5.), clip=4.)),
         deltas, anchors)
     assert broadcast.shape == (2, 3, 4)
     np.testing.assert_allclose(broadcast, tiled, rtol=1e-6)
