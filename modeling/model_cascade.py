@@ -19,6 +19,22 @@ def _scaled_gradient(scale):
     return identity
 
 
+def match_boxes_with_gt(boxes, gt_boxes, gt_labels, iou_threshold):
+    """Label each box with the class of its best gt when that IoU >= iou_threshold (no sampling).
+
+    boxes: float32 [R, 4]; gt_boxes: float32 [M, 4] (M may be 0); gt_labels: int64 [M], 1..K.
+    Returns BoxProposals(boxes, labels int64 [R] (0 = background), fg_inds_wrt_gt int64 [F]:
+    the matched gt of each foreground box, in box order), targets without gradient.
+    """
+    iou = pairwise_iou(boxes, gt_boxes)  # [R, M]
+    best_gt, fg_mask = match_boxes_to_best_gt(iou, iou_threshold)
+    # best_gt is 0 for every box when M == 0; a trailing background label keeps that gather valid.
+    padded_gt_labels = tf.concat([gt_labels, tf.zeros([1], tf.int64)], axis=0)
+    labels = tf.gather(padded_gt_labels, best_gt) * tf.cast(fg_mask, tf.int64)
+    fg_inds_wrt_gt = tf.boolean_mask(best_gt, fg_mask)
+    return BoxProposals(boxes, tf.stop_gradient(labels), tf.stop_gradient(fg_inds_wrt_gt))
+
+
 class CascadeRCNNHead:
     """Runs the stages `cascade_rcnn_stage{1,2,...}` (variables head/..., outputs/{class,box}).
 
@@ -80,21 +96,11 @@ class CascadeRCNNHead:
         return head, tf.stop_gradient(refined_boxes, name='output_boxes')
 
     def _match_boxes_with_gt(self, boxes, iou_threshold):
-        """Training: label each box with its best gt when IoU >= iou_threshold (no sampling).
-
-        boxes: float32 [R, 4]. Returns BoxProposals with labels int64 [R] (0 = background) and
-        fg_inds_wrt_gt int64 [F] (the matched gt of each foreground box, in box order).
-        """
+        """Training: the stage's boxes labelled by match_boxes_with_gt; inference: just the boxes."""
         if not self.training:
             return BoxProposals(boxes)
         with tf.name_scope('match_box_with_gt_{}'.format(iou_threshold)):
-            iou = pairwise_iou(boxes, self.gt_boxes)  # [R, M]
-            best_gt, fg_mask = match_boxes_to_best_gt(iou, iou_threshold)
-            # A trailing background label keeps the gather valid when there is no gt at all.
-            padded_gt_labels = tf.concat([self.gt_labels, tf.zeros([1], tf.int64)], axis=0)
-            labels = tf.gather(padded_gt_labels, best_gt) * tf.cast(fg_mask, tf.int64)
-            fg_inds_wrt_gt = tf.boolean_mask(best_gt, fg_mask)
-            return BoxProposals(boxes, tf.stop_gradient(labels), tf.stop_gradient(fg_inds_wrt_gt))
+            return match_boxes_with_gt(boxes, self.gt_boxes, self.gt_labels, iou_threshold)
 
     def losses(self):
         """[label_loss, box_loss] of every stage, stage 1 first."""

@@ -5,8 +5,10 @@ from utils.tf_compat import tf  # noqa: I001  (must come before tensorpack)
 
 from tensorpack.tfutils.tower import TowerContext
 
-from modeling.model_cascade import CascadeRCNNHead, _scaled_gradient
-from modeling.model_frcnn import BOX_HEADS, BoxProposals
+from modeling.model_cascade import CascadeRCNNHead, _scaled_gradient, match_boxes_with_gt
+from modeling.model_frcnn import BOX_HEADS, BoxProposals, match_boxes_to_best_gt
+from tests.tf_helpers import run_graph
+from utils import np_box_ops
 
 IOUS = [0.5, 0.6, 0.7]
 WEIGHTS = [[10., 10., 5., 5.], [20., 20., 10., 10.], [30., 30., 15., 15.]]
@@ -95,3 +97,72 @@ def test_scaled_gradient():
             y, grad = sess.run([y, grad])
     np.testing.assert_array_equal(y, [1, 2])
     np.testing.assert_allclose(grad, [1, 1], rtol=1e-6)
+
+
+# Re-matching of a stage's boxes to the gt -------------------------------------------------
+
+MATCH_GT_BOXES = np.array([[0, 0, 10, 10], [20, 0, 30, 10]], np.float32)
+MATCH_GT_LABELS = np.array([2, 3], np.int64)
+# IoU with (gt0, gt1), by hand (areas 100 each):
+MATCH_BOXES = np.array([
+    [0, 0, 10, 10],     # (1.0, 0): gt0
+    [0, 0, 10, 5],      # (50 / 100 = 0.5, 0): gt0, exactly at 0.5
+    [20, 0, 30, 4],     # (0, 40 / 100 = 0.4)
+    [22, 0, 30, 10],    # (0, 80 / 100 = 0.8): gt1
+    [40, 40, 50, 50],   # (0, 0)
+    [5, 0, 25, 10],     # (50 / 250 = 0.2, 0.2): a tie, background anyway
+], np.float32)
+
+
+def _match(boxes, gt_boxes, gt_labels, threshold):
+    def fn(boxes_t, gt_boxes_t, gt_labels_t):
+        matched = match_boxes_with_gt(boxes_t, gt_boxes_t, gt_labels_t, threshold)
+        return matched.labels, matched.fg_inds_wrt_gt
+    return run_graph(fn, boxes, gt_boxes, gt_labels)
+
+
+def test_rematch_labels_boxes_with_their_best_gt_class_at_or_above_the_threshold():
+    labels, fg_inds_wrt_gt = _match(MATCH_BOXES, MATCH_GT_BOXES, MATCH_GT_LABELS, 0.5)
+    np.testing.assert_array_equal(labels, [2, 2, 0, 3, 0, 0])
+    np.testing.assert_array_equal(fg_inds_wrt_gt, [0, 0, 1])
+    labels, fg_inds_wrt_gt = _match(MATCH_BOXES, MATCH_GT_BOXES, MATCH_GT_LABELS, 0.6)
+    np.testing.assert_array_equal(labels, [2, 0, 0, 3, 0, 0])
+    np.testing.assert_array_equal(fg_inds_wrt_gt, [0, 1])
+
+
+def test_rematch_without_gt_gives_background_through_the_padded_label():
+    # best_gt is 0 for every box; the padded trailing label 0 is what the gather reads.
+    for threshold in (0.5, 0.0):   # even a 0 threshold makes nothing foreground without gt
+        labels, fg_inds_wrt_gt = _match(MATCH_BOXES, np.zeros((0, 4), np.float32), np.zeros((0,), np.int64),
+                                        threshold)
+        np.testing.assert_array_equal(labels, np.zeros(len(MATCH_BOXES)))
+        assert fg_inds_wrt_gt.shape == (0,)
+
+
+def test_rematch_matches_a_numpy_oracle():
+    rng = np.random.RandomState(7)
+    xy = rng.uniform(0, 60, (3, 2))
+    gt_boxes = np.concatenate([xy, xy + rng.uniform(10, 40, (3, 2))], axis=1).astype(np.float32)
+    gt_labels = np.array([1, 3, 2], np.int64)
+    # Jittered copies of the gt (mostly foreground) plus random boxes (mostly background).
+    jittered = np.repeat(gt_boxes, 4, axis=0) + rng.uniform(-8, 8, (12, 4)).astype(np.float32)
+    xy = rng.uniform(0, 80, (8, 2))
+    random = np.concatenate([xy, xy + rng.uniform(5, 30, (8, 2))], axis=1)
+    boxes = np.concatenate([jittered, random]).astype(np.float32)
+    iou = np_box_ops.iou(boxes, gt_boxes)
+    for threshold in (0.5, 0.6, 0.7):
+        fg = iou.max(axis=1) >= threshold
+        labels, fg_inds_wrt_gt = _match(boxes, gt_boxes, gt_labels, threshold)
+        np.testing.assert_array_equal(labels, np.where(fg, gt_labels[iou.argmax(axis=1)], 0))
+        np.testing.assert_array_equal(fg_inds_wrt_gt, iou.argmax(axis=1)[fg])
+        assert 0 < fg.sum() < len(boxes)   # both kinds are present
+
+
+def test_best_gt_matcher_with_and_without_gt():
+    iou = np.array([[0.1, 0.7], [0.5, 0.5], [0.0, 0.2]], np.float32)
+    best_gt, fg_mask = run_graph(lambda x: match_boxes_to_best_gt(x, 0.5), iou)
+    np.testing.assert_array_equal(best_gt, [1, 0, 1])     # ties go to the first gt
+    np.testing.assert_array_equal(fg_mask, [True, True, False])
+    best_gt, fg_mask = run_graph(lambda x: match_boxes_to_best_gt(x, 0.0), np.zeros((3, 0), np.float32))
+    np.testing.assert_array_equal(best_gt, [0, 0, 0])
+    np.testing.assert_array_equal(fg_mask, [False, False, False])
