@@ -19,10 +19,9 @@ def _norm(prefix, channels, norm):
 
 
 def _conv_norm(prefix, kernel, c_in, c_out, norm):
-    """A backbone conv: no bias unless there is no norm layer."""
+    """A backbone conv: never a bias (tensorpack's backbone argscope has use_bias=False), even
+    with norm='None'; then the conv is all there is."""
     out = {prefix + '/W': [kernel, kernel, c_in, c_out]}
-    if norm == 'None':
-        out[prefix + '/b'] = [c_out]
     out.update(_norm(prefix, c_out, norm))
     return out
 

@@ -170,6 +170,49 @@ def test_nchw_builds_the_checkpoint_variables(variant):
         assert diff(model_variables(), wanted) == ''
 
 
+def test_norm_none_backbone_convs_have_no_bias():
+    """tensorpack's backbone convs never have a bias, also without a norm layer."""
+    helpers.configure('BACKBONE.NORM=None', 'MODE_MASK=False', is_training=False)
+    with tf.Graph().as_default():
+        helpers.build_inference_graph(helpers.build_model())
+        assert diff(model_variables(), expected.fpn_model(norm='None', mask=False, **TINY_FPN_DIMS)) == ''
+
+
+def test_two_differently_configured_models_in_one_process():
+    """A C4 and an FPN model from two config objects, their graphs built after the global
+    config went back to its (unfinalized) defaults: each keeps its own settings."""
+    import copy
+
+    from modeling.generalized_rcnn import build_model
+
+    helpers.configure()
+    fpn_cfg = copy.deepcopy(cfg)
+    c4_cfg = copy.deepcopy(cfg)
+    c4_cfg.freeze(False)
+    c4_cfg.MODE_FPN = False
+    c4_cfg.MODE_MASK = False
+    c4_cfg.DATA.NUM_CATEGORY = 5
+    c4_cfg.RPN.HEAD_DIM = 48
+    c4_cfg.freeze()
+    fpn_model, c4_model = build_model(fpn_cfg), build_model(c4_cfg)
+    reset_config()   # nothing below may read the global config
+    assert cfg.DATA.NUM_CATEGORY == -1 and cfg.BACKBONE.DATA_FORMAT is None
+
+    c4_specs = {spec.name: spec.shape.as_list() for spec in c4_model.inputs()}
+    fpn_specs = {spec.name: spec.shape.as_list() for spec in fpn_model.inputs()}
+    assert c4_specs[names.C4_ANCHOR_LABELS] == [None, None, 15] and names.GT_MASKS_PACKED not in c4_specs
+    assert fpn_specs[names.fpn_anchor_labels(2)] == [None, None, 3] and names.GT_MASKS_PACKED in fpn_specs
+    with tf.Graph().as_default():
+        helpers.build_training_graph(c4_model)
+        assert diff(model_variables(), expected.c4_model(
+            num_blocks=TINY_BLOCKS, num_category=5, mask=False, rpn_head_dim=48)) == ''
+    with tf.Graph().as_default():
+        helpers.build_inference_graph(fpn_model)
+        assert diff(model_variables(), expected.fpn_model(**TINY_FPN_DIMS)) == ''
+    assert c4_model.get_inference_tensor_names()[1] == list(names.OUTPUT_NAMES)
+    assert fpn_model.get_inference_tensor_names()[1] == list(names.OUTPUT_NAMES_WITH_MASKS)
+
+
 class TestEdgeCases:
     """One tiny FPN Mask R-CNN training graph fed unusual images."""
 
@@ -187,21 +230,23 @@ class TestEdgeCases:
         with graph.as_default():
             inputs, _, train_op = helpers.build_training_graph(helpers.build_model())
             losses = helpers.loss_tensors()
-            num_fg = graph.get_tensor_by_name('sample_fast_rcnn_targets/num_fg:0')
+            num_sampled = [graph.get_tensor_by_name('sample_fast_rcnn_targets/num_{}:0'.format(kind))
+                           for kind in ('fg', 'bg')]
             sess = tf.Session()
             sess.run(tf.global_variables_initializer())
         reset_config()
-        yield sess, inputs, losses, train_op, num_fg, datapoints
+        yield sess, inputs, losses, train_op, num_sampled, datapoints
         sess.close()
 
     @pytest.mark.parametrize('case', ['normal', 'no_gt', 'all_crowd', 'tiny_gt'])
     def test_training_step_is_finite(self, session, case):
-        sess, inputs, losses, train_op, num_fg, datapoints = session
+        sess, inputs, losses, train_op, num_sampled, datapoints = session
         datapoint = datapoints[case]
-        values, fg, _ = sess.run([losses, num_fg, train_op], feed_dict=helpers.feed(inputs, datapoint))
+        values, (fg, bg), _ = sess.run([losses, num_sampled, train_op], feed_dict=helpers.feed(inputs, datapoint))
         assert_losses_finite(values)
         if case in ('no_gt', 'all_crowd'):
-            assert len(datapoint[names.GT_BOXES]) == 0
+            # No foreground, but the classifier still trains on background rois.
+            assert bg > 0 and values['fastrcnn_losses/label_loss'] > 0
             assert fg == 0 and values['maskrcnn_loss/maskrcnn_loss'] == 0
             assert values['fastrcnn_losses/box_loss'] == 0
         else:
