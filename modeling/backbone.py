@@ -28,9 +28,9 @@ from tensorpack.tfutils.varreplace import custom_getter_scope, freeze_variables
 
 from .model_box import check_data_format
 from .norms import GroupNorm
+from .params import FREEZE_AT_VALUES, SYNC_STATISTICS_BY_TRAINER
 
-SYNC_STATISTICS = ('nccl', 'horovod')
-FREEZE_AT_VALUES = (0, 1, 2)
+SYNC_STATISTICS = tuple(SYNC_STATISTICS_BY_TRAINER.values())
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,6 +25,15 @@ DATA_FORMATS = ('NHWC', 'NCHW')
 # The backbone's BatchNorm averages batch statistics over GPUs with one of these (SyncBN).
 SYNC_STATISTICS_BY_TRAINER = {'replicated': 'nccl', 'horovod': 'horovod'}
 
+# The names the model's tables accept, without loading TensorFlow (for validating a config).
+# tests/modeling/test_params.py checks each against its table: backbone.NORMS,
+# model_fpn.PROPOSAL_MODES, model_frcnn.BOX_HEADS, model_mrcnn.MASK_HEADS.
+BACKBONE_NORMS = ('FreezeBN', 'SyncBN', 'GN', 'None')
+FREEZE_AT_VALUES = (0, 1, 2)         # stages not trained: none, the stem, the stem and group0
+FPN_PROPOSAL_MODES = ('Level', 'Joint')
+FPN_BOX_HEADS = ('fastrcnn_2fc_head', 'fastrcnn_4conv1fc_head', 'fastrcnn_4conv1fc_gn_head')
+FPN_MASK_HEADS = ('maskrcnn_up4conv_head', 'maskrcnn_up4conv_gn_head')
+
 # Box-delta decoding caps log(w / w_anchor) at log(MAX_SIZE / this), as tensorpack does.
 DECODE_CLIP_DIVISOR = 16.
 

@@ -117,3 +117,11 @@ def test_no_modeling_module_imports_config():
 def test_params_module_loads_no_tensorflow():
     code = 'import sys, modeling.params; assert "tensorflow" not in sys.modules, "tensorflow was imported"'
     subprocess.run([sys.executable, '-c', code], cwd=REPO, check=True)
+
+
+def test_name_lists_equal_the_tables():
+    from modeling import backbone, model_fpn, model_frcnn, model_mrcnn
+    assert model_params.BACKBONE_NORMS == tuple(backbone.NORMS)
+    assert model_params.FPN_PROPOSAL_MODES == tuple(model_fpn.PROPOSAL_MODES)
+    assert model_params.FPN_BOX_HEADS == tuple(model_frcnn.BOX_HEADS)
+    assert model_params.FPN_MASK_HEADS == tuple(model_mrcnn.MASK_HEADS)
