@@ -44,12 +44,12 @@ def _backbone_options():
         sync_statistics = 'horovod' if cfg.TRAINER == 'horovod' else 'nccl'
     return dict(norm=cfg.BACKBONE.NORM, freeze_affine=cfg.BACKBONE.FREEZE_AFFINE,
                 tf_pad_mode=cfg.BACKBONE.TF_PAD_MODE, stride_1x1=cfg.BACKBONE.STRIDE_1X1,
-                data_format=cfg.BACKBONE.DATA_FORMAT, sync_statistics=sync_statistics)
+                data_format=cfg.derived.data_format, sync_statistics=sync_statistics)
 
 
 def _decode_clip():
     # tensorpack caps decoded log-scale deltas at log(MAX_SIZE / 16).
-    return float(np.log(cfg.PREPROC.MAX_SIZE / 16.))
+    return float(np.log(cfg.derived.max_size / 16.))
 
 
 def run_on_nonempty_batch(head, roi_features):
@@ -102,9 +102,9 @@ class GeneralizedRCNN(ModelDesc):
         # The schedule is for a total batch of 8 images whose gradients are summed (not
         # averaged) over towers and accumulation steps; lr / 8 makes that the average.
         opt = tf.train.MomentumOptimizer(lr / 8., 0.9)
-        if cfg.TRAIN.ACCUMULATE_STEPS > 1:
+        if cfg.derived.accumulate_steps > 1:
             # ours, not tensorpack's: that one applies at racy steps, which lets Horovod ranks drift apart
-            opt = AccumGradOptimizer(opt, cfg.TRAIN.ACCUMULATE_STEPS)
+            opt = AccumGradOptimizer(opt, cfg.derived.accumulate_steps)
         if cfg.TRAIN.AMP and amp_compute_dtype() == 'float16':
             # float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs none.
             opt = with_dynamic_loss_scaling(opt)
@@ -119,7 +119,7 @@ class GeneralizedRCNN(ModelDesc):
         inputs = dict(zip(self.input_names, inputs))
         image_shape_hw = tf.shape(inputs[names.IMAGE])[:2]
         image = image_preprocess(inputs[names.IMAGE], cfg.PREPROC.PIXEL_MEAN, cfg.PREPROC.PIXEL_STD,
-                                 cfg.BACKBONE.DATA_FORMAT)
+                                 cfg.derived.data_format)
         features = self.backbone(image)
         proposals, rpn_loss_list = self.rpn(features, image_shape_hw, inputs)
 
@@ -201,10 +201,10 @@ class ResNetC4Model(GeneralizedRCNN):
 
     def rpn(self, features, image_shape_hw, inputs):
         featuremap = features[0]
-        data_format = cfg.BACKBONE.DATA_FORMAT
+        data_format = cfg.derived.data_format
         label_logits, box_logits = rpn_head('rpn', featuremap, cfg.RPN.HEAD_DIM, cfg.RPN.NUM_ANCHOR, data_format)
         all_anchors = get_all_anchors(cfg.RPN.ANCHOR_STRIDE, cfg.RPN.ANCHOR_SIZES, cfg.RPN.ANCHOR_RATIOS,
-                                      cfg.PREPROC.MAX_SIZE)
+                                      cfg.derived.max_size)
         if self.training:
             anchors = RPNAnchors(all_anchors, inputs[names.C4_ANCHOR_LABELS], inputs[names.C4_ANCHOR_BOXES])
         else:
@@ -229,13 +229,13 @@ class ResNetC4Model(GeneralizedRCNN):
 
     def _roi_conv5(self, featuremap, boxes):
         """group3 on the 14x14 ROIAlign of `boxes`: [N, 7, 7, 2048] (or NCHW)."""
-        data_format = cfg.BACKBONE.DATA_FORMAT
+        data_format = cfg.derived.data_format
         rois = roi_align(featuremap, boxes * (1.0 / cfg.RPN.ANCHOR_STRIDE), 14, data_format)
         return self._conv5(rois)
 
     def box_head(self, features, proposals, image_shape_hw, targets):
         featuremap = features[0]
-        data_format = cfg.BACKBONE.DATA_FORMAT
+        data_format = cfg.derived.data_format
         conv5_features = self._roi_conv5(featuremap, proposals.boxes)
         pooled = GlobalAvgPooling('gap', conv5_features, data_format=data_format)
         label_logits, box_logits = fastrcnn_outputs('fastrcnn', pooled, cfg.DATA.NUM_CATEGORY)
@@ -251,7 +251,7 @@ class ResNetC4Model(GeneralizedRCNN):
 
     def mask_head(self, roi_features):
         return maskrcnn_c4_head('maskrcnn', roi_features, cfg.DATA.NUM_CATEGORY, head_dim=cfg.MRCNN.HEAD_DIM,
-                                data_format=cfg.BACKBONE.DATA_FORMAT)
+                                data_format=cfg.derived.data_format)
 
 
 class ResNetFPNModel(GeneralizedRCNN):
@@ -269,15 +269,15 @@ class ResNetFPNModel(GeneralizedRCNN):
         return specs
 
     def backbone(self, image):
-        data_format = cfg.BACKBONE.DATA_FORMAT
+        data_format = cfg.derived.data_format
         c2345 = resnet_fpn_backbone(image, cfg.BACKBONE.RESNET_NUM_BLOCKS, freeze_at=cfg.BACKBONE.FREEZE_AT,
                                     resolution_requirement=cfg.FPN.RESOLUTION_REQUIREMENT, **_backbone_options())
         return fpn_model('fpn', list(c2345), cfg.FPN.NUM_CHANNEL, cfg.FPN.NORM == 'GN', data_format)
 
     def rpn(self, features, image_shape_hw, inputs):
-        data_format = cfg.BACKBONE.DATA_FORMAT
+        data_format = cfg.derived.data_format
         all_anchors = get_all_anchors_fpn(cfg.FPN.ANCHOR_STRIDES, cfg.RPN.ANCHOR_SIZES, cfg.RPN.ANCHOR_RATIOS,
-                                          cfg.PREPROC.MAX_SIZE)
+                                          cfg.derived.max_size)
         multilevel_anchors = []
         for level, level_anchors, featuremap in zip(names.FPN_LEVELS, all_anchors, features):
             if self.training:
@@ -306,7 +306,7 @@ class ResNetFPNModel(GeneralizedRCNN):
         return BoxProposals(proposal_boxes), losses
 
     def box_head(self, features, proposals, image_shape_hw, targets):
-        data_format = cfg.BACKBONE.DATA_FORMAT
+        data_format = cfg.derived.data_format
         p2345 = features[:4]
         head_func = get_box_head(cfg.FPN.FRCNN_HEAD_FUNC)
 
@@ -339,4 +339,4 @@ class ResNetFPNModel(GeneralizedRCNN):
     def mask_head(self, roi_features):
         head_func = get_mask_head(cfg.FPN.MRCNN_HEAD_FUNC)
         return head_func('maskrcnn', roi_features, cfg.DATA.NUM_CATEGORY, head_dim=cfg.MRCNN.HEAD_DIM,
-                         data_format=cfg.BACKBONE.DATA_FORMAT)
+                         data_format=cfg.derived.data_format)
