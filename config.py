@@ -203,8 +203,10 @@ _declare('TRAIN.LR_SCHEDULE', '1x', "'1x', '2x', ... '9x' or [decay1, decay2, la
          types=(str, list, tuple))
 _declare('TRAIN.EVAL_PERIOD', 50, 'epochs between COCO evaluations (also at the end); 0 disables')
 _declare('TRAIN.CHECKPOINT_PERIOD', 20, 'epochs between checkpoints')
-_declare('TRAIN.ACCUMULATE_STEPS', None, '(new) steps of gradient accumulation; None means 8 // towers, '
-         'so a step sees 8 images as in the example', types=(type(None), int))
+_declare('TRAIN.ACCUMULATE_STEPS', None, '(new) steps of gradient accumulation; None means '
+         '8 // (towers x BATCH_SIZE_PER_GPU), so a step sees 8 images as in the example', types=(type(None), int))
+_declare('TRAIN.BATCH_SIZE_PER_GPU', 1, '(new) training images per tower and step, padded to one size; '
+         '1 is the example\'s graph')
 _declare('TRAIN.AMP', False, '(new) mixed precision: float16 with dynamic loss scaling on GPUs, bfloat16 '
          '(oneDNN) on CPUs; variables stay float32')
 
@@ -297,6 +299,7 @@ _BOUNDS = {
     'TRAIN.WARMUP': (0, True),
     'TRAIN.WEIGHT_DECAY': (0, True),
     'TRAIN.STEPS_PER_EPOCH': (1, True),
+    'TRAIN.BATCH_SIZE_PER_GPU': (1, True),
     'TRAIN.STARTING_EPOCH': (1, True),
     'TRAIN.CHECKPOINT_PERIOD': (1, True),
     'TRAIN.EVAL_PERIOD': (0, True),
@@ -436,7 +439,7 @@ class Devices(namedtuple('Devices', ['tower_devices', 'horovod_size', 'default_d
 
 
 class Derived(namedtuple('Derived', [
-        'train_splits', 'val_splits', 'basedir', 'num_gpus', 'num_towers', 'accumulate_steps',
+        'train_splits', 'val_splits', 'basedir', 'num_gpus', 'num_towers', 'images_per_step', 'accumulate_steps',
         'data_format', 'max_size', 'lr_schedule', 'train_short_edge_size'])):
     """Values resolved from the declared keys by `finalize_configs`; the keys keep what was given.
 
@@ -444,7 +447,8 @@ class Derived(namedtuple('Derived', [
     basedir: DATA.BASEDIR with ~ expanded.
     num_gpus: TRAIN.NUM_GPUS resolved: Horovod ranks, or the GPUs (0 on a CPU) to put towers on.
     num_towers: max(num_gpus, 1), the towers of one step.
-    accumulate_steps: TRAIN.ACCUMULATE_STEPS, or REFERENCE_BATCH // num_towers when None.
+    images_per_step: num_towers x TRAIN.BATCH_SIZE_PER_GPU, the images of one step before accumulation.
+    accumulate_steps: TRAIN.ACCUMULATE_STEPS, or REFERENCE_BATCH // images_per_step when None.
     data_format: BACKBONE.DATA_FORMAT, or the device's default when None.
     max_size: PREPROC.MAX_SIZE; with FPN a float rounded up to FPN.RESOLUTION_REQUIREMENT.
     lr_schedule: TRAIN.LR_SCHEDULE as a list of steps ('1x' expanded).
@@ -454,6 +458,8 @@ class Derived(namedtuple('Derived', [
 
 # The schedule keys (TRAIN.BASE_LR, WARMUP, LR_SCHEDULE, STEPS_PER_EPOCH) count steps of this many images.
 REFERENCE_BATCH = 8
+# Whether the dataflow and the graph can train several images per tower (TRAIN.BATCH_SIZE_PER_GPU > 1).
+BATCHED_TRAINING_BUILT = False
 
 
 def validate_config(cfg=None):
@@ -467,6 +473,9 @@ def validate_config(cfg=None):
     for key in _BOUNDS:
         node, leaf = _resolve_parent(cfg, key)
         _check_bound(key, getattr(node, leaf))
+    if cfg.TRAIN.BATCH_SIZE_PER_GPU > 1 and not BATCHED_TRAINING_BUILT:
+        raise ValueError('TRAIN.BATCH_SIZE_PER_GPU={}: only 1 image per tower is built so far.'
+                         .format(cfg.TRAIN.BATCH_SIZE_PER_GPU))
     if cfg.TRAIN.ACCUMULATE_STEPS is not None and cfg.TRAIN.ACCUMULATE_STEPS < 1:
         raise ValueError('TRAIN.ACCUMULATE_STEPS={} must be at least 1.'.format(cfg.TRAIN.ACCUMULATE_STEPS))
     if cfg.BACKBONE.NORM != 'FreezeBN' and cfg.BACKBONE.FREEZE_AFFINE:
@@ -510,13 +519,17 @@ def derive_config(cfg, is_training, devices):
     """The `Derived` values of a validated config on `devices`. Reads `cfg`, changes nothing."""
     num_gpus = _resolve_num_gpus(cfg, is_training, devices)
     towers = max(num_gpus, 1)
-    # Only training needs the towers to make up the reference batch; prediction runs on any number of GPUs.
-    if is_training and towers % REFERENCE_BATCH != 0 and REFERENCE_BATCH % towers != 0:
-        raise ValueError('Training runs on 1, 2, 4 or a multiple of {} towers, not {} (TRAIN.NUM_GPUS).'
-                         .format(REFERENCE_BATCH, towers))
+    images = towers * cfg.TRAIN.BATCH_SIZE_PER_GPU
     accumulate = cfg.TRAIN.ACCUMULATE_STEPS
     if accumulate is None:
-        accumulate = max(REFERENCE_BATCH // towers, 1)
+        # Only training needs a step to make up the reference batch; prediction runs on any number of GPUs.
+        if is_training and images % REFERENCE_BATCH != 0 and REFERENCE_BATCH % images != 0:
+            raise ValueError(
+                '{} tower(s) x TRAIN.BATCH_SIZE_PER_GPU={} = {} images per step can\'t make up the reference batch '
+                'of {}: use 1, 2, 4 or a multiple of {} towers x images, or set TRAIN.ACCUMULATE_STEPS '
+                '(TRAIN.NUM_GPUS={}).'.format(towers, cfg.TRAIN.BATCH_SIZE_PER_GPU, images, REFERENCE_BATCH,
+                                              REFERENCE_BATCH, num_gpus))
+        accumulate = max(REFERENCE_BATCH // images, 1)
     max_size = cfg.PREPROC.MAX_SIZE
     if cfg.MODE_FPN:
         stride = float(_resolution_requirement(cfg))
@@ -524,7 +537,7 @@ def derive_config(cfg, is_training, devices):
     return Derived(
         train_splits=_split_names(cfg.DATA.TRAIN), val_splits=_split_names(cfg.DATA.VAL),
         basedir=os.path.expanduser(cfg.DATA.BASEDIR), num_gpus=num_gpus, num_towers=towers,
-        accumulate_steps=accumulate,
+        images_per_step=images, accumulate_steps=accumulate,
         data_format=cfg.BACKBONE.DATA_FORMAT or devices.default_data_format,
         max_size=max_size, lr_schedule=_expand_lr_schedule(cfg.TRAIN.LR_SCHEDULE),
         train_short_edge_size=_short_edge_range(cfg.PREPROC.TRAIN_SHORT_EDGE_SIZE))

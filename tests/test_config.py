@@ -252,10 +252,25 @@ def test_finalize_rejects_more_gpus_than_visible(registered_split):
 def test_tower_count_rule_is_for_training_only(registered_split):
     """Three GPUs can't make the reference batch of 8, so training refuses them; prediction runs."""
     three_gpus = Devices(tower_devices=3, horovod_size=None, default_data_format='NCHW')
-    with pytest.raises(ValueError, match='1, 2, 4 or a multiple of 8 towers, not 3'):
+    with pytest.raises(ValueError, match=r"3 tower\(s\) x TRAIN.BATCH_SIZE_PER_GPU=1 = 3 images per step can't make up "
+                                         r'the reference batch of 8: use 1, 2, 4 or a multiple of 8'):
         finalize_configs(is_training=True, devices=three_gpus)
     derived = finalize_configs(is_training=False, devices=three_gpus)
     assert derived.num_gpus == 3 and derived.data_format == 'NCHW'
+
+
+@pytest.mark.parametrize('towers, per_tower, accumulate', [(1, 1, 8), (2, 1, 4), (8, 1, 1), (16, 1, 1)])
+def test_accumulation_makes_up_the_reference_batch(registered_split, towers, per_tower, accumulate):
+    cfg.update_args(['TRAIN.BATCH_SIZE_PER_GPU={}'.format(per_tower)])
+    derived = finalize_configs(is_training=True, devices=Devices(towers, None, 'NCHW'))
+    assert derived.images_per_step == towers * per_tower
+    assert derived.accumulate_steps == accumulate
+
+
+def test_an_explicit_accumulation_lifts_the_reference_batch_rule(registered_split):
+    cfg.update_args(['TRAIN.ACCUMULATE_STEPS=3'])
+    derived = finalize_configs(is_training=True, devices=Devices(3, None, 'NCHW'))
+    assert derived.images_per_step == 3 and derived.accumulate_steps == 3
 
 
 def test_two_configs_live_in_one_process(registered_split):
@@ -297,6 +312,8 @@ def test_finalize_rejects_mismatched_classes(registered_split):
     (['PREPROC.TRAIN_SHORT_EDGE_SIZE=[800, 600]'], 'TRAIN_SHORT_EDGE_SIZE'),
     (['BACKBONE.DATA_FORMAT=channels_last'], 'DATA_FORMAT'),
     (['TRAIN.ACCUMULATE_STEPS=0'], 'ACCUMULATE_STEPS'),
+    (['TRAIN.BATCH_SIZE_PER_GPU=0'], r'TRAIN.BATCH_SIZE_PER_GPU=0 must be >= 1'),
+    (['TRAIN.BATCH_SIZE_PER_GPU=2'], r'TRAIN.BATCH_SIZE_PER_GPU=2: only 1 image per tower is built so far'),
     (['TRAIN.BASE_LR=-0.01'], r'TRAIN.BASE_LR=-0.01 must be > 0'),
     (['TRAIN.BASE_LR=0'], r'TRAIN.BASE_LR=0.0 must be > 0'),
     (['TRAIN.STEPS_PER_EPOCH=0'], r'TRAIN.STEPS_PER_EPOCH=0 must be >= 1'),
