@@ -4,19 +4,29 @@ Usage, as in tensorpack's example:
 
     from config import config as cfg, finalize_configs
     cfg.update_args(['MODE_FPN=True', 'DATA.BASEDIR=~/data/coco'])
-    finalize_configs(is_training=True)   # fills derived keys, validates, freezes
+    finalize_configs(is_training=True)   # validates, fills the derived keys, freezes
+    cfg.derived.max_size                 # 1344.0: PREPROC.MAX_SIZE itself stays 1333
 
 Keys and defaults mirror tensorpack's examples/FasterRCNN so its recipes and model-zoo
-checkpoints carry over. Keys marked "(new)" are ours. Only the entry scripts, the dataflow
-builders and the model assembly read this module; everything below them takes arguments.
+checkpoints carry over. Keys marked "(new)" are ours. Finalization has three steps:
+`validate_config` (raises, changes nothing), `derive_config` (the resolved values of keys such
+as NUM_GPUS=None or LR_SCHEDULE='1x', as a `Derived` record apart from what was declared) and
+the keys declared as derived (class names, NUM_ANCHOR, ...). It sets no environment variable and
+initializes nothing: process set-up is in the entry scripts and utils/tf_compat.py. Only the
+entry scripts and the `from_config` steps of the dataflow and the model read this module.
 """
 import ast
 import copy
 import difflib
 import os
 import pprint
+from collections import namedtuple
 
-__all__ = ['config', 'finalize_configs', 'reset_config', 'describe_config']
+from modeling import params as model_params
+from modeling.params import REFERENCE_TOTAL_BATCH   # the schedule keys count steps of this many images
+
+__all__ = ['config', 'finalize_configs', 'validate_config', 'derive_config', 'Derived', 'Devices',
+           'new_config', 'reset_config', 'describe_config']
 
 
 class _Spec:
@@ -68,6 +78,14 @@ class AttrDict:
         """A nested plain dict of the values (for logging and pickling into workers)."""
         return {k: v.to_dict() if isinstance(v, AttrDict) else v
                 for k, v in self.__dict__.items() if not k.startswith('_')}
+
+    @property
+    def derived(self):
+        """The `Derived` values of the last `finalize_configs` of this config."""
+        derived = self.__dict__.get('_derived')
+        if derived is None:
+            raise AttributeError('The config has no derived values yet: call finalize_configs first.')
+        return derived
 
     def freeze(self, frozen=True):
         object.__setattr__(self, '_frozen', frozen)
@@ -186,8 +204,10 @@ _declare('TRAIN.LR_SCHEDULE', '1x', "'1x', '2x', ... '9x' or [decay1, decay2, la
          types=(str, list, tuple))
 _declare('TRAIN.EVAL_PERIOD', 50, 'epochs between COCO evaluations (also at the end); 0 disables')
 _declare('TRAIN.CHECKPOINT_PERIOD', 20, 'epochs between checkpoints')
-_declare('TRAIN.ACCUMULATE_STEPS', None, '(new) steps of gradient accumulation; None means 8 // towers, '
-         'so a step sees 8 images as in the example', types=(type(None), int))
+_declare('TRAIN.ACCUMULATE_STEPS', None, '(new) steps of gradient accumulation; None means '
+         '8 // (towers x BATCH_SIZE_PER_GPU), so a step sees 8 images as in the example', types=(type(None), int))
+_declare('TRAIN.BATCH_SIZE_PER_GPU', 1, '(new) training images per tower and step, padded to one size; '
+         '1 is the example\'s graph')
 _declare('TRAIN.AMP', False, '(new) mixed precision: float16 with dynamic loss scaling on GPUs, bfloat16 '
          '(oneDNN) on CPUs; variables stay float32')
 
@@ -263,13 +283,17 @@ _declare('TEST.AMP', False, '(new) mixed-precision inference: float16 on GPUs, b
 _C.freeze()
 _DEFAULTS = copy.deepcopy(_C.__dict__)
 
+# The model's choices come from modeling/params.py, TensorFlow-free lists that
+# tests/modeling/test_params.py checks against the tables that implement them.
 _VALID = {
     'TRAINER': ('replicated', 'horovod'),
-    'BACKBONE.NORM': ('FreezeBN', 'SyncBN', 'GN', 'None'),
-    'BACKBONE.FREEZE_AT': (0, 1, 2),
-    'BACKBONE.DATA_FORMAT': (None, 'NCHW', 'NHWC'),
-    'FPN.PROPOSAL_MODE': ('Level', 'Joint'),
+    'BACKBONE.NORM': model_params.BACKBONE_NORMS,
+    'BACKBONE.FREEZE_AT': model_params.FREEZE_AT_VALUES,
+    'BACKBONE.DATA_FORMAT': (None,) + model_params.DATA_FORMATS,
+    'FPN.PROPOSAL_MODE': model_params.FPN_PROPOSAL_MODES,
     'FPN.NORM': ('None', 'GN'),
+    'FPN.FRCNN_HEAD_FUNC': model_params.FPN_BOX_HEADS,
+    'FPN.MRCNN_HEAD_FUNC': model_params.FPN_MASK_HEADS,
 }
 # Numeric keys with a lower bound: (bound, True if the bound itself is allowed).
 _BOUNDS = {
@@ -278,6 +302,7 @@ _BOUNDS = {
     'TRAIN.WARMUP': (0, True),
     'TRAIN.WEIGHT_DECAY': (0, True),
     'TRAIN.STEPS_PER_EPOCH': (1, True),
+    'TRAIN.BATCH_SIZE_PER_GPU': (1, True),
     'TRAIN.STARTING_EPOCH': (1, True),
     'TRAIN.CHECKPOINT_PERIOD': (1, True),
     'TRAIN.EVAL_PERIOD': (0, True),
@@ -394,28 +419,133 @@ def _check_bound(key, value):
         raise ValueError('Config {}={!r} must be {} {}.'.format(key, value, '>=' if inclusive else '>', bound))
 
 
-def _count_training_towers(trainer, num_gpus):
-    """NUM_GPUS for training: Horovod ranks, or visible GPUs (0 on a CPU-only machine)."""
-    if trainer == 'horovod':
-        try:
-            import horovod.tensorflow as hvd
-        except ImportError:
-            raise ImportError(
-                'TRAINER=horovod needs Horovod. Install it into the venv with `make horovod` '
-                '(see README: Horovod 0.28.1 built against TensorFlow 2.15.1 with Gloo).') from None
-        hvd.init()
-        size = hvd.size()
-        if num_gpus is not None and num_gpus != size:
+def _split_names(value):
+    """DATA.TRAIN / DATA.VAL as a tuple: one name may be given as a string."""
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _short_edge_range(value):
+    """PREPROC.TRAIN_SHORT_EDGE_SIZE as (min, max)."""
+    scales = [value, value] if isinstance(value, int) else list(value)
+    if len(scales) != 2 or scales[0] > scales[1]:
+        raise ValueError('PREPROC.TRAIN_SHORT_EDGE_SIZE={!r}: give [min, max] or one size.'.format(value))
+    return tuple(scales)
+
+
+class Devices(namedtuple('Devices', ['tower_devices', 'horovod_size', 'default_data_format'])):
+    """What the process can run towers on; made by `utils.tf_compat.detect_devices`.
+
+    tower_devices: visible GPUs, or CPU stand-ins for them (tests); 0 on a CPU-only machine.
+    horovod_size: the number of Horovod ranks when Horovod is initialized, else None.
+    default_data_format: the layout for BACKBONE.DATA_FORMAT=None ('NCHW' with GPUs, else 'NHWC').
+    """
+
+
+class Derived(namedtuple('Derived', [
+        'train_splits', 'val_splits', 'basedir', 'num_gpus', 'num_towers', 'images_per_step', 'accumulate_steps',
+        'data_format', 'max_size', 'lr_schedule', 'train_short_edge_size'])):
+    """Values resolved from the declared keys by `finalize_configs`; the keys keep what was given.
+
+    train_splits, val_splits: DATA.TRAIN / DATA.VAL as tuples of split names.
+    basedir: DATA.BASEDIR with ~ expanded.
+    num_gpus: TRAIN.NUM_GPUS resolved: Horovod ranks, or the GPUs (0 on a CPU) to put towers on.
+    num_towers: max(num_gpus, 1), the towers of one step.
+    images_per_step: num_towers x TRAIN.BATCH_SIZE_PER_GPU, the images of one step before accumulation.
+    accumulate_steps: TRAIN.ACCUMULATE_STEPS, or REFERENCE_TOTAL_BATCH // images_per_step when None.
+    data_format: BACKBONE.DATA_FORMAT, or the device's default when None.
+    max_size: PREPROC.MAX_SIZE; with FPN a float rounded up to FPN.RESOLUTION_REQUIREMENT.
+    lr_schedule: TRAIN.LR_SCHEDULE as a list of steps ('1x' expanded).
+    train_short_edge_size: PREPROC.TRAIN_SHORT_EDGE_SIZE as (min, max).
+    """
+
+
+# Whether the dataflow and the graph can train several images per tower (TRAIN.BATCH_SIZE_PER_GPU > 1).
+BATCHED_TRAINING_BUILT = False
+
+
+def validate_config(cfg=None):
+    """Raise ValueError for a value or combination of values that can't work. Changes nothing."""
+    cfg = _C if cfg is None else cfg
+    if not _split_names(cfg.DATA.TRAIN):
+        raise ValueError('DATA.TRAIN is empty: name at least one registered split.')
+    for key in _VALID:
+        node, leaf = _resolve_parent(cfg, key)
+        _check_choice(key, getattr(node, leaf))
+    for key in _BOUNDS:
+        node, leaf = _resolve_parent(cfg, key)
+        _check_bound(key, getattr(node, leaf))
+    if cfg.TRAIN.BATCH_SIZE_PER_GPU > 1 and not BATCHED_TRAINING_BUILT:
+        raise ValueError('TRAIN.BATCH_SIZE_PER_GPU={}: only 1 image per tower is built so far.'
+                         .format(cfg.TRAIN.BATCH_SIZE_PER_GPU))
+    if cfg.TRAIN.ACCUMULATE_STEPS is not None and cfg.TRAIN.ACCUMULATE_STEPS < 1:
+        raise ValueError('TRAIN.ACCUMULATE_STEPS={} must be at least 1.'.format(cfg.TRAIN.ACCUMULATE_STEPS))
+    if cfg.BACKBONE.NORM != 'FreezeBN' and cfg.BACKBONE.FREEZE_AFFINE:
+        raise ValueError('BACKBONE.FREEZE_AFFINE=True only works with BACKBONE.NORM=FreezeBN, not {!r}.'
+                         .format(cfg.BACKBONE.NORM))
+    if len(cfg.FPN.ANCHOR_STRIDES) != len(cfg.RPN.ANCHOR_SIZES):
+        raise ValueError('FPN.ANCHOR_STRIDES {} and RPN.ANCHOR_SIZES {} must have the same length.'
+                         .format(cfg.FPN.ANCHOR_STRIDES, cfg.RPN.ANCHOR_SIZES))
+    _short_edge_range(cfg.PREPROC.TRAIN_SHORT_EDGE_SIZE)
+    _expand_lr_schedule(cfg.TRAIN.LR_SCHEDULE)
+    if cfg.FPN.CASCADE and not cfg.MODE_FPN:
+        raise ValueError('FPN.CASCADE=True needs MODE_FPN=True.')
+    if cfg.MODE_FPN and cfg.FPN.CASCADE:
+        if cfg.CASCADE.IOUS[0] != cfg.FRCNN.FG_THRESH:
+            raise ValueError('CASCADE.IOUS[0]={} must equal FRCNN.FG_THRESH={}: the first stage samples '
+                             'proposals with it.'.format(cfg.CASCADE.IOUS[0], cfg.FRCNN.FG_THRESH))
+        if len(cfg.CASCADE.BBOX_REG_WEIGHTS) != len(cfg.CASCADE.IOUS):
+            raise ValueError('CASCADE.BBOX_REG_WEIGHTS needs one entry per stage of CASCADE.IOUS ({}).'
+                             .format(len(cfg.CASCADE.IOUS)))
+
+
+def _resolve_num_gpus(cfg, is_training, devices):
+    """TRAIN.NUM_GPUS for this process: Horovod ranks, or the tower devices asked for / visible."""
+    num_gpus = cfg.TRAIN.NUM_GPUS
+    if is_training and cfg.TRAINER == 'horovod':
+        if devices.horovod_size is None:
+            raise ValueError('TRAINER=horovod, but Horovod is not initialized: call '
+                             'utils.tf_compat.detect_devices(cfg.TRAINER) before finalize_configs.')
+        if num_gpus is not None and num_gpus != devices.horovod_size:
             raise ValueError('TRAIN.NUM_GPUS={} but Horovod runs {} ranks (hvd.size()); leave TRAIN.NUM_GPUS '
-                             'unset under Horovod.'.format(num_gpus, size))
-        return size
-    from utils.tf_compat import num_tower_devices
-    visible = num_tower_devices()
+                             'unset under Horovod.'.format(num_gpus, devices.horovod_size))
+        return devices.horovod_size
     if num_gpus is None:
-        return visible
-    if num_gpus > visible:
-        raise ValueError('TRAIN.NUM_GPUS={} but only {} GPU(s) are visible.'.format(num_gpus, visible))
+        return devices.tower_devices
+    if is_training and num_gpus > devices.tower_devices:
+        raise ValueError('TRAIN.NUM_GPUS={} but only {} GPU(s) are visible.'.format(num_gpus, devices.tower_devices))
     return num_gpus
+
+
+def derive_config(cfg, is_training, devices):
+    """The `Derived` values of a validated config on `devices`. Reads `cfg`, changes nothing."""
+    num_gpus = _resolve_num_gpus(cfg, is_training, devices)
+    towers = max(num_gpus, 1)
+    images = towers * cfg.TRAIN.BATCH_SIZE_PER_GPU
+    accumulate = cfg.TRAIN.ACCUMULATE_STEPS
+    if accumulate is None:
+        # Only training needs a step to make up the reference batch; prediction runs on any number of GPUs.
+        if is_training and images % REFERENCE_TOTAL_BATCH != 0 and REFERENCE_TOTAL_BATCH % images != 0:
+            raise ValueError(
+                '{} tower(s) x TRAIN.BATCH_SIZE_PER_GPU={} = {} images per step can\'t make up the reference batch '
+                'of {}: use 1, 2, 4 or a multiple of {} towers x images, or set TRAIN.ACCUMULATE_STEPS '
+                '(TRAIN.NUM_GPUS={}).'.format(towers, cfg.TRAIN.BATCH_SIZE_PER_GPU, images, REFERENCE_TOTAL_BATCH,
+                                              REFERENCE_TOTAL_BATCH, num_gpus))
+        accumulate = max(REFERENCE_TOTAL_BATCH // images, 1)
+    max_size = cfg.PREPROC.MAX_SIZE
+    if cfg.MODE_FPN:
+        stride = float(_resolution_requirement(cfg))
+        max_size = float(-(-max_size // stride) * stride)
+    return Derived(
+        train_splits=_split_names(cfg.DATA.TRAIN), val_splits=_split_names(cfg.DATA.VAL),
+        basedir=os.path.expanduser(cfg.DATA.BASEDIR), num_gpus=num_gpus, num_towers=towers,
+        images_per_step=images, accumulate_steps=accumulate,
+        data_format=cfg.BACKBONE.DATA_FORMAT or devices.default_data_format,
+        max_size=max_size, lr_schedule=_expand_lr_schedule(cfg.TRAIN.LR_SCHEDULE),
+        train_short_edge_size=_short_edge_range(cfg.PREPROC.TRAIN_SHORT_EDGE_SIZE))
+
+
+def _resolution_requirement(cfg):
+    return cfg.FPN.ANCHOR_STRIDES[3]   # the backbone's deepest stride, c5
 
 
 def _class_names_of(split):
@@ -423,105 +553,50 @@ def _class_names_of(split):
     return list(DatasetRegistry.get_metadata(split, 'class_names'))
 
 
-def finalize_configs(is_training):
-    """Validate the config, fill the derived keys and freeze it. Call after `update_args`.
-
-    Datasets must be registered first: class names come from the first DATA.TRAIN split.
-    """
-    from tensorpack.utils import logger
-
-    _C.freeze(False)
-    try:
-        _finalize(is_training)
-    finally:
-        _C.freeze()
-    logger.info('Config: ------------------------------------------\n' + str(_C))
-
-
-def _finalize(is_training):
-    for key in ('DATA.TRAIN', 'DATA.VAL'):
-        node, leaf = _resolve_parent(_C, key)
-        value = getattr(node, leaf)
-        setattr(node, leaf, (value,) if isinstance(value, str) else tuple(value))
-    if not _C.DATA.TRAIN:
-        raise ValueError('DATA.TRAIN is empty: name at least one registered split.')
-    _C.DATA.BASEDIR = os.path.expanduser(_C.DATA.BASEDIR)
-
-    class_names = _class_names_of(_C.DATA.TRAIN[0])
-    for split in list(_C.DATA.TRAIN[1:]) + list(_C.DATA.VAL):
+def _fill_derived_keys(cfg, train_splits, val_splits):
+    """The keys declared as derived (never set by users): class names and counts of the model."""
+    class_names = _class_names_of(train_splits[0])
+    for split in train_splits[1:] + val_splits:
         other = _class_names_of(split)
         if other != class_names:
             raise ValueError('Split {!r} has classes {} but {!r} (DATA.TRAIN[0]) has {}; all splits of one '
-                             'model must share their classes.'.format(split, other, _C.DATA.TRAIN[0], class_names))
-    _C.DATA.CLASS_NAMES = class_names
-    _C.DATA.NUM_CATEGORY = len(class_names) - 1
+                             'model must share their classes.'.format(split, other, train_splits[0], class_names))
+    cfg.DATA.CLASS_NAMES = class_names
+    cfg.DATA.NUM_CATEGORY = len(class_names) - 1
+    cfg.RPN.NUM_ANCHOR = len(cfg.RPN.ANCHOR_SIZES) * len(cfg.RPN.ANCHOR_RATIOS)
+    cfg.FPN.RESOLUTION_REQUIREMENT = _resolution_requirement(cfg)
 
-    for key in _VALID:
-        node, leaf = _resolve_parent(_C, key)
-        _check_choice(key, getattr(node, leaf))
-    for key in _BOUNDS:
-        node, leaf = _resolve_parent(_C, key)
-        _check_bound(key, getattr(node, leaf))
-    if _C.BACKBONE.NORM != 'FreezeBN' and _C.BACKBONE.FREEZE_AFFINE:
-        raise ValueError('BACKBONE.FREEZE_AFFINE=True only works with BACKBONE.NORM=FreezeBN, not {!r}.'
-                         .format(_C.BACKBONE.NORM))
 
-    _C.RPN.NUM_ANCHOR = len(_C.RPN.ANCHOR_SIZES) * len(_C.RPN.ANCHOR_RATIOS)
-    if len(_C.FPN.ANCHOR_STRIDES) != len(_C.RPN.ANCHOR_SIZES):
-        raise ValueError('FPN.ANCHOR_STRIDES {} and RPN.ANCHOR_SIZES {} must have the same length.'
-                         .format(_C.FPN.ANCHOR_STRIDES, _C.RPN.ANCHOR_SIZES))
-    _C.FPN.RESOLUTION_REQUIREMENT = _C.FPN.ANCHOR_STRIDES[3]   # the backbone's deepest stride, c5
+def finalize_configs(is_training, devices=None, cfg=None):
+    """Validate the config, fill its derived keys, attach its `Derived` values and freeze it.
 
-    scales = _C.PREPROC.TRAIN_SHORT_EDGE_SIZE
-    if isinstance(scales, int):
-        scales = [scales, scales]
-    if len(scales) != 2 or scales[0] > scales[1]:
-        raise ValueError('PREPROC.TRAIN_SHORT_EDGE_SIZE={!r}: give [min, max] or one size.'.format(scales))
-    _C.PREPROC.TRAIN_SHORT_EDGE_SIZE = list(scales)
+    Call after `update_args`, with datasets registered (class names come from the first
+    DATA.TRAIN split). `devices` (utils.tf_compat.detect_devices) says what the process runs on;
+    None looks at the visible devices without setting anything up, and under TRAINER=horovod
+    needs Horovod initialized. The declared keys keep the values given; the resolved ones are
+    in `cfg.derived`. Process set-up (environment, Horovod) is the entry scripts' job.
+    Returns the `Derived` record.
+    """
+    cfg = _C if cfg is None else cfg
+    validate_config(cfg)
+    if devices is None:
+        from utils.tf_compat import detect_devices
+        devices = detect_devices(cfg.TRAINER, setup_horovod=False)
+    derived = derive_config(cfg, is_training, devices)
+    cfg.freeze(False)
+    try:
+        _fill_derived_keys(cfg, derived.train_splits, derived.val_splits)
+        object.__setattr__(cfg, '_derived', derived)
+    finally:
+        cfg.freeze()
+    _log_config(cfg)
+    return derived
 
-    if _C.MODE_FPN:
-        mult = float(_C.FPN.RESOLUTION_REQUIREMENT)
-        _C.PREPROC.MAX_SIZE = float(-(-_C.PREPROC.MAX_SIZE // mult) * mult)
-        for key in ('FPN.FRCNN_HEAD_FUNC', 'FPN.MRCNN_HEAD_FUNC'):
-            node, leaf = _resolve_parent(_C, key)
-            if not getattr(node, leaf).endswith('_head'):
-                raise ValueError('Config {}={!r} does not name a head function.'.format(key, getattr(node, leaf)))
-        if _C.FPN.CASCADE:
-            if _C.CASCADE.IOUS[0] != _C.FRCNN.FG_THRESH:
-                raise ValueError('CASCADE.IOUS[0]={} must equal FRCNN.FG_THRESH={}: the first stage samples '
-                                 'proposals with it.'.format(_C.CASCADE.IOUS[0], _C.FRCNN.FG_THRESH))
-            if len(_C.CASCADE.BBOX_REG_WEIGHTS) != len(_C.CASCADE.IOUS):
-                raise ValueError('CASCADE.BBOX_REG_WEIGHTS needs one entry per stage of CASCADE.IOUS ({}).'
-                                 .format(len(_C.CASCADE.IOUS)))
-    elif _C.FPN.CASCADE:
-        raise ValueError('FPN.CASCADE=True needs MODE_FPN=True.')
 
-    _C.TRAIN.LR_SCHEDULE = _expand_lr_schedule(_C.TRAIN.LR_SCHEDULE)
-
-    if is_training:
-        if scales[1] - scales[0] > 100:
-            os.environ['TF_CUDNN_USE_AUTOTUNE'] = '0'   # autotuning every new shape is too slow
-        os.environ['TF_AUTOTUNE_THRESHOLD'] = '1'
-        _C.TRAIN.NUM_GPUS = _count_training_towers(_C.TRAINER, _C.TRAIN.NUM_GPUS)
-    else:
-        os.environ['TF_CUDNN_USE_AUTOTUNE'] = '0'
-        if _C.TRAIN.NUM_GPUS is None:
-            from utils.tf_compat import num_tower_devices
-            _C.TRAIN.NUM_GPUS = num_tower_devices()
-
-    towers = max(_C.TRAIN.NUM_GPUS, 1)
-    # Only training needs the towers to make up the reference batch of 8; prediction runs on any number of GPUs.
-    if is_training and towers % 8 != 0 and 8 % towers != 0:
-        raise ValueError('Training runs on 1, 2, 4 or a multiple of 8 towers, not {} (TRAIN.NUM_GPUS).'
-                         .format(towers))
-    if _C.TRAIN.ACCUMULATE_STEPS is None:
-        _C.TRAIN.ACCUMULATE_STEPS = max(8 // towers, 1)
-    if _C.TRAIN.ACCUMULATE_STEPS < 1:
-        raise ValueError('TRAIN.ACCUMULATE_STEPS={} must be at least 1.'.format(_C.TRAIN.ACCUMULATE_STEPS))
-
-    if _C.BACKBONE.DATA_FORMAT is None:
-        from utils.tf_compat import default_data_format
-        _C.BACKBONE.DATA_FORMAT = default_data_format()
+def _log_config(cfg):
+    from tensorpack.utils import logger
+    logger.info('Config: ------------------------------------------\n' + str(cfg))
+    logger.info('Derived: ' + ', '.join('{}={!r}'.format(k, v) for k, v in cfg.derived._asdict().items()))
 
 
 def combine_overrides(*groups):
@@ -541,7 +616,7 @@ def combine_overrides(*groups):
 
 def num_towers():
     """Towers (GPUs, Horovod ranks, or 1 for the CPU) after finalize_configs."""
-    return max(_C.TRAIN.NUM_GPUS or 0, 1)
+    return _C.derived.num_towers
 
 
 def reset_config():
@@ -551,6 +626,19 @@ def reset_config():
     _C.__dict__.clear()
     _C.__dict__.update(restored)
     _C.freeze()
+
+
+def new_config():
+    """A config of its own with every key at its default, independent of `config`.
+
+    For two differently configured models in one process; update and finalize it with
+    `new_config().update_args(...)` and `finalize_configs(..., cfg=it)`.
+    """
+    fresh = AttrDict()
+    fresh.__dict__.update(copy.deepcopy(_DEFAULTS))
+    fresh.__dict__.pop('_derived', None)
+    fresh.freeze()
+    return fresh
 
 
 def describe_config():

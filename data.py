@@ -394,7 +394,7 @@ def _mapper_from_config(cfg, rank):
     seed = None if cfg.DATA.SEED is None else _derive_seed(cfg.DATA.SEED, rank)
     return TrainingMapper(
         mode_fpn=cfg.MODE_FPN, mode_mask=cfg.MODE_MASK,
-        short_edge_size=cfg.PREPROC.TRAIN_SHORT_EDGE_SIZE, max_size=cfg.PREPROC.MAX_SIZE,
+        short_edge_size=cfg.derived.train_short_edge_size, max_size=cfg.derived.max_size,
         absolute_coord=cfg.DATA.ABSOLUTE_COORD, num_category=cfg.DATA.NUM_CATEGORY,
         anchor_stride=cfg.RPN.ANCHOR_STRIDE, anchor_sizes=cfg.RPN.ANCHOR_SIZES,
         anchor_ratios=cfg.RPN.ANCHOR_RATIOS, fpn_anchor_strides=cfg.FPN.ANCHOR_STRIDES,
@@ -419,7 +419,7 @@ def get_train_dataflow(rank=0):
     from dataset import DatasetRegistry
 
     roidbs = list(itertools.chain.from_iterable(DatasetRegistry.get(name).training_roidbs()
-                                                for name in cfg.DATA.TRAIN))
+                                                for name in cfg.derived.train_splits))
     logger.info("Ground-truth instances per class:\n" + class_histogram_table(roidbs, cfg.DATA.CLASS_NAMES))
     num_images = len(roidbs)
     if cfg.DATA.FILTER_EMPTY_ANNOTATIONS:
@@ -428,7 +428,7 @@ def get_train_dataflow(rank=0):
                 .format(num_images - len(roidbs), len(roidbs)))
     if not roidbs:
         raise ValueError("No training images left in DATA.TRAIN={} (DATA.FILTER_EMPTY_ANNOTATIONS={})".format(
-            cfg.DATA.TRAIN, cfg.DATA.FILTER_EMPTY_ANNOTATIONS))
+            cfg.derived.train_splits, cfg.DATA.FILTER_EMPTY_ANNOTATIONS))
 
     shuffle_seed = None if cfg.DATA.SEED is None else _derive_seed(cfg.DATA.SEED, rank, 1 << 20)
     ds = SeededDataFromList(roidbs, shuffle=True, seed=shuffle_seed)

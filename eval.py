@@ -284,10 +284,10 @@ class EvalCallback(Callback):
         from data import get_eval_dataflow
 
         self._settings = dict(short_edge_size=cfg.PREPROC.TEST_SHORT_EDGE_SIZE,
-                              max_size=cfg.PREPROC.MAX_SIZE,
+                              max_size=cfg.derived.max_size,
                               accurate_paste=cfg.MRCNN.ACCURATE_PASTE)
         self._eval_period = cfg.TRAIN.EVAL_PERIOD
-        num_gpus = cfg.TRAIN.NUM_GPUS
+        num_gpus = cfg.derived.num_gpus
         self._use_horovod = cfg.TRAINER == 'horovod'
         if self._use_horovod:
             import horovod.tensorflow as hvd

@@ -19,7 +19,8 @@ import sys
 import time
 
 from utils.tf_compat import (  # must come before tensorpack
-    amp_compute_dtype, check_amp_supported, multi_tower_predictor, onednn_enabled, session_config)
+    amp_compute_dtype, check_amp_supported, configure_cudnn_autotune, detect_devices, multi_tower_predictor,
+    onednn_enabled, session_config)
 
 import cv2
 import numpy as np
@@ -121,7 +122,7 @@ def evaluation_output_path(output_file, split):
 
 
 def inference_settings():
-    return dict(short_edge_size=cfg.PREPROC.TEST_SHORT_EDGE_SIZE, max_size=cfg.PREPROC.MAX_SIZE,
+    return dict(short_edge_size=cfg.PREPROC.TEST_SHORT_EDGE_SIZE, max_size=cfg.derived.max_size,
                 accurate_paste=cfg.MRCNN.ACCURATE_PASTE)
 
 
@@ -129,13 +130,13 @@ def do_evaluate(pred_config, output_file):
     from data import get_eval_dataflow
     from eval import multithread_predict_dataflow
 
-    num_towers = max(cfg.TRAIN.NUM_GPUS, 1)
-    if cfg.TRAIN.NUM_GPUS > 0:
+    num_towers = cfg.derived.num_towers
+    if cfg.derived.num_gpus > 0:
         predictors = multi_tower_predictor(pred_config, list(range(num_towers))).get_predictors()
     else:
         predictors = [OfflinePredictor(pred_config)]
     all_scores = {}
-    for split in cfg.DATA.VAL:
+    for split in cfg.derived.val_splits:
         logger.info('Evaluating {} ...'.format(split))
         dataflows = [get_eval_dataflow(split, shard=k, num_shards=num_towers) for k in range(num_towers)]
         results = multithread_predict_dataflow(dataflows, predictors, **inference_settings())
@@ -205,7 +206,7 @@ def do_benchmark(predictor):
     from data import get_eval_dataflow
     from eval import predict_image
 
-    split = cfg.DATA.VAL[0]
+    split = cfg.derived.val_splits[0]
     dataflow = get_eval_dataflow(split)
     dataflow.reset_state()
     images = 0
@@ -239,10 +240,12 @@ def main(argv=None):
     """Returns the exit code: 0, or 1 if some --predict images failed (errors raise)."""
     args = parse_args(argv)
     cfg.update_args(args.config)
-    register_coco(cfg.DATA.BASEDIR)
-    register_balloon(cfg.DATA.BASEDIR)
-    register_shapes(cfg.DATA.BASEDIR)
-    finalize_configs(is_training=False)
+    basedir = os.path.expanduser(cfg.DATA.BASEDIR)
+    register_coco(basedir)
+    register_balloon(basedir)
+    register_shapes(basedir)
+    finalize_configs(is_training=False, devices=detect_devices(cfg.TRAINER, setup_horovod=False))
+    configure_cudnn_autotune(False, cfg.derived.train_short_edge_size)
     if cfg.TEST.AMP:
         check_amp_supported('TEST.AMP')
     logger.info('Inference precision: {} (TEST.AMP={}); oneDNN {}.'.format(

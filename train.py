@@ -13,8 +13,8 @@ import shutil
 import time
 
 from utils.tf_compat import (  # must come before tensorpack
-    amp_compute_dtype, check_amp_supported, num_visible_gpus, onednn_status, replicated_allreduce_mode,
-    session_config, tf)
+    amp_compute_dtype, check_amp_supported, configure_cudnn_autotune, detect_devices, num_visible_gpus,
+    onednn_status, replicated_allreduce_mode, session_config, tf)
 
 from tensorpack import QueueInput, TrainConfig, launch_train_with_config
 from tensorpack.callbacks import (
@@ -23,8 +23,9 @@ from tensorpack.callbacks import (
 from tensorpack.tfutils import SaverRestore, SmartInit
 from tensorpack.utils import logger
 
-from config import config as cfg, finalize_configs, num_towers
+from config import config as cfg, finalize_configs, num_towers, validate_config
 from dataset import register_balloon, register_coco, register_shapes
+from modeling.params import REFERENCE_TOTAL_BATCH
 from utils import failures, training
 
 LOGDIR_ACTIONS = ('resume', 'backup')
@@ -110,7 +111,7 @@ def make_callbacks(model, schedule, towers, on_gpu, logdir, rank=None, guard=Non
         from eval import EvalCallback
         # Every rank gets the directory: Horovod ranks other than 0 write their part of the results there.
         callbacks += [EvalCallback(split, *model.get_inference_tensor_names(), logdir)
-                      for split in cfg.DATA.VAL]
+                      for split in cfg.derived.val_splits]
     return callbacks
 
 
@@ -118,10 +119,10 @@ def make_trainer(is_horovod):
     if is_horovod:
         # Summed gradients, as the replicated trainer; rank 0's variables are broadcast at the start.
         return training.make_horovod_trainer(average=False)
-    if cfg.TRAIN.NUM_GPUS > 0:
+    if cfg.derived.num_gpus > 0:
         from tensorpack.train import SyncMultiGPUTrainerReplicated
         # NCCL between GPUs; tests that stand CPU towers in for GPUs get a plain sum (utils/tf_compat.py)
-        return SyncMultiGPUTrainerReplicated(cfg.TRAIN.NUM_GPUS, average=False, mode=replicated_allreduce_mode())
+        return SyncMultiGPUTrainerReplicated(cfg.derived.num_gpus, average=False, mode=replicated_allreduce_mode())
     from tensorpack.train import SimpleTrainer
     return SimpleTrainer()
 
@@ -140,10 +141,13 @@ def log_precision():
 def main(argv=None):
     args = parse_args(argv)
     cfg.update_args(args.config)
-    register_datasets(cfg.DATA.BASEDIR)
+    register_datasets(os.path.expanduser(cfg.DATA.BASEDIR))
 
     is_horovod = cfg.TRAINER == 'horovod'
-    finalize_configs(is_training=True)   # under Horovod this initializes it
+    validate_config()   # before Horovod starts, so a bad value fails once, not once per rank
+    devices = detect_devices(cfg.TRAINER)   # initializes Horovod under TRAINER=horovod
+    finalize_configs(is_training=True, devices=devices)
+    configure_cudnn_autotune(True, cfg.derived.train_short_edge_size)
     rank = 0
     if is_horovod:
         import horovod.tensorflow as hvd
@@ -158,8 +162,8 @@ def main(argv=None):
     resume_from = prepare_logdir(args.logdir, args.logdir_action, is_chief)
     schedule = training.compute_schedule(
         base_lr=cfg.TRAIN.BASE_LR, warmup_steps=cfg.TRAIN.WARMUP, warmup_init_lr=cfg.TRAIN.WARMUP_INIT_LR,
-        lr_schedule=cfg.TRAIN.LR_SCHEDULE, steps_per_epoch=cfg.TRAIN.STEPS_PER_EPOCH, towers=towers)
-    logger.info('Towers: {}, gradient accumulation: {} step(s)'.format(towers, cfg.TRAIN.ACCUMULATE_STEPS))
+        lr_schedule=cfg.derived.lr_schedule, steps_per_epoch=cfg.TRAIN.STEPS_PER_EPOCH, towers=towers)
+    logger.info('Towers: {}, gradient accumulation: {} step(s)'.format(towers, cfg.derived.accumulate_steps))
     logger.info('Warm Up Schedule (steps, value): ' + str(schedule.warmup))
     logger.info('LR Schedule (epochs, value): ' + str(schedule.epochs))
     logger.info('Max epoch: {}'.format(schedule.max_epoch))
@@ -184,7 +188,7 @@ def main(argv=None):
         # The roidb source of the map step (MapData or the worker pool) shows which images this rank reads.
         train_dataflow.ds = training.LogFirstDatapoints(
             train_dataflow.ds, lambda roidb: os.path.basename(roidb['file_name']), count=4, rank=rank)
-    total_images = cfg.TRAIN.LR_SCHEDULE[-1] * 8
+    total_images = cfg.derived.lr_schedule[-1] * REFERENCE_TOTAL_BATCH
     logger.info('Total passes over the training set: {:.5g}'.format(total_images / max(train_dataflow.size(), 1)))
 
     # tensorpack's input thread only logs a dataflow error; the guard stops training on it.

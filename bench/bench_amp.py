@@ -138,7 +138,7 @@ def _inference_datapoint(overrides, basedir):
     configure(overrides, basedir, is_training=True)
     image = first_datapoint()[names.IMAGE]
     configure(overrides, basedir, is_training=False)
-    resized = CustomResize(cfg.PREPROC.TEST_SHORT_EDGE_SIZE, cfg.PREPROC.MAX_SIZE).augment(image.astype(np.uint8))
+    resized = CustomResize(cfg.PREPROC.TEST_SHORT_EDGE_SIZE, cfg.derived.max_size).augment(image.astype(np.uint8))
     return {names.IMAGE: resized.astype(np.float32)}
 
 

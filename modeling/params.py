@@ -208,13 +208,14 @@ class ModelParams:
     def from_config(cls, cfg):
         """The records of a finalized config `cfg` (an AttrDict as config.py makes it).
 
-        This is the only reader of the values finalize_configs derives (BACKBONE.DATA_FORMAT,
-        PREPROC.MAX_SIZE, TRAIN.ACCUMULATE_STEPS, ...) under modeling/.
+        This is the only reader under modeling/ of the values finalize_configs derives
+        (`cfg.derived`: the data format, the rounded max size, the accumulation steps).
         """
-        if cfg.DATA.NUM_CATEGORY < 1 or cfg.BACKBONE.DATA_FORMAT not in DATA_FORMATS:
+        derived = cfg.__dict__.get('_derived')
+        if derived is None or cfg.DATA.NUM_CATEGORY < 1:
             raise ValueError('ModelParams.from_config needs a finalized config (call finalize_configs first); '
-                             'got DATA.NUM_CATEGORY={!r}, BACKBONE.DATA_FORMAT={!r}'.format(
-                                 cfg.DATA.NUM_CATEGORY, cfg.BACKBONE.DATA_FORMAT))
+                             'got DATA.NUM_CATEGORY={!r} and {} derived values.'.format(
+                                 cfg.DATA.NUM_CATEGORY, 'its' if derived is not None else 'no'))
         sync_statistics = None
         if cfg.BACKBONE.NORM == 'SyncBN':
             if cfg.TRAINER not in SYNC_STATISTICS_BY_TRAINER:
@@ -227,12 +228,12 @@ class ModelParams:
             num_category=cfg.DATA.NUM_CATEGORY,
             pixel_mean=tuple(cfg.PREPROC.PIXEL_MEAN),
             pixel_std=tuple(cfg.PREPROC.PIXEL_STD),
-            max_size=cfg.PREPROC.MAX_SIZE,
+            max_size=derived.max_size,
             backbone=BackboneParams(
                 norm=cfg.BACKBONE.NORM, freeze_at=cfg.BACKBONE.FREEZE_AT,
                 freeze_affine=cfg.BACKBONE.FREEZE_AFFINE, tf_pad_mode=cfg.BACKBONE.TF_PAD_MODE,
                 stride_1x1=cfg.BACKBONE.STRIDE_1X1, resnet_num_blocks=tuple(cfg.BACKBONE.RESNET_NUM_BLOCKS),
-                data_format=cfg.BACKBONE.DATA_FORMAT, sync_statistics=sync_statistics),
+                data_format=derived.data_format, sync_statistics=sync_statistics),
             rpn=RPNParams(
                 anchor_stride=cfg.RPN.ANCHOR_STRIDE, anchor_sizes=tuple(cfg.RPN.ANCHOR_SIZES),
                 anchor_ratios=tuple(cfg.RPN.ANCHOR_RATIOS), head_dim=cfg.RPN.HEAD_DIM,
@@ -261,5 +262,5 @@ class ModelParams:
                 result_score_thresh=cfg.TEST.RESULT_SCORE_THRESH, frcnn_nms_thresh=cfg.TEST.FRCNN_NMS_THRESH,
                 results_per_im=cfg.TEST.RESULTS_PER_IM),
             train=TrainParams(
-                weight_decay=cfg.TRAIN.WEIGHT_DECAY, accumulate_steps=cfg.TRAIN.ACCUMULATE_STEPS,
+                weight_decay=cfg.TRAIN.WEIGHT_DECAY, accumulate_steps=derived.accumulate_steps,
                 amp=bool(cfg.TRAIN.AMP)))

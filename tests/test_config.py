@@ -1,8 +1,13 @@
 """config.py: declarations, command-line overrides, derived values."""
+import os
+import re
+import subprocess
+import sys
+
 import pytest
 
 import config as config_module
-from config import config as cfg, finalize_configs, reset_config
+from config import Devices, config as cfg, finalize_configs, reset_config
 
 
 @pytest.fixture
@@ -34,10 +39,14 @@ def test_defaults_match_the_example():
     assert cfg.TEST.RESULTS_PER_IM == 100
 
 
-def test_every_key_has_a_description():
-    rows = config_module.describe_config()
-    assert len(rows) > 60
-    assert all(doc.strip() for _, _, doc in rows)
+def test_every_key_in_the_tree_is_declared_with_its_default():
+    """A key added to the tree without `_declare`/`_derived` has no description, type or check."""
+    leaves = dict(_leaves(cfg))
+    assert set(leaves) == set(config_module._SPECS) | set(config_module._DERIVED)
+    for key, spec in config_module._SPECS.items():
+        assert leaves[key] == spec.default, key
+    described = [key for key, _, doc in config_module.describe_config() if doc.strip()]
+    assert described == list(config_module._SPECS)
 
 
 def test_override_parses_literals():
@@ -158,48 +167,132 @@ def test_bad_lr_schedule(schedule):
         config_module._expand_lr_schedule(schedule)
 
 
+CPU = Devices(tower_devices=0, horovod_size=None, default_data_format='NHWC')
+
+
 def test_finalize_derives_values(registered_split):
-    cfg.update_args(['PREPROC.MAX_SIZE=1000', 'TRAIN.LR_SCHEDULE=2x'])
-    finalize_configs(is_training=False)
+    cfg.update_args(['PREPROC.MAX_SIZE=1000', 'TRAIN.LR_SCHEDULE=2x', "DATA.VAL='cfgtest_val'",
+                     'DATA.BASEDIR=~/cfgtest', 'PREPROC.TRAIN_SHORT_EDGE_SIZE=600'])
+    derived = finalize_configs(is_training=False, devices=CPU)
+    assert cfg.derived is derived
     assert cfg.DATA.CLASS_NAMES == registered_split
     assert cfg.DATA.NUM_CATEGORY == 3
     assert cfg.RPN.NUM_ANCHOR == 15
     assert cfg.FPN.RESOLUTION_REQUIREMENT == 32
-    assert cfg.PREPROC.MAX_SIZE == 1024     # rounded up to a multiple of 32
-    assert cfg.TRAIN.LR_SCHEDULE == [240000, 320000, 360000]
-    assert cfg.DATA.TRAIN == ('cfgtest_train',)
-    assert cfg.BACKBONE.DATA_FORMAT == 'NHWC'   # no GPU in the test environment
+    assert derived.max_size == 1024.     # rounded up to a multiple of 32
+    assert derived.lr_schedule == [240000, 320000, 360000]
+    assert derived.train_splits == ('cfgtest_train',) and derived.val_splits == ('cfgtest_val',)
+    assert derived.basedir == os.path.expanduser('~/cfgtest')
+    assert derived.train_short_edge_size == (600, 600)
+    assert derived.data_format == 'NHWC'   # the devices' default
+
+
+def test_finalize_keeps_the_declared_values(registered_split):
+    """What the user gave stays as given; only the keys declared as derived are filled."""
+    cfg.update_args(['PREPROC.MAX_SIZE=1000', 'TRAIN.LR_SCHEDULE=2x', "DATA.VAL='cfgtest_val'",
+                     'DATA.BASEDIR=~/cfgtest', 'PREPROC.TRAIN_SHORT_EDGE_SIZE=600'])
+    declared = {key: value for key, value in _leaves(cfg) if key not in config_module._DERIVED}
+    finalize_configs(is_training=True, devices=CPU)
+    assert {key: value for key, value in _leaves(cfg) if key not in config_module._DERIVED} == declared
+    assert cfg.PREPROC.MAX_SIZE == 1000 and cfg.TRAIN.LR_SCHEDULE == '2x'
+    assert cfg.TRAIN.NUM_GPUS is None and cfg.TRAIN.ACCUMULATE_STEPS is None and cfg.BACKBONE.DATA_FORMAT is None
+
+
+def test_finalize_has_no_side_effects(registered_split, monkeypatch):
+    """No environment variable, no Horovod: process set-up belongs to the entry scripts."""
+    monkeypatch.setitem(sys.modules, 'horovod', None)   # an import of Horovod would fail
+    monkeypatch.setitem(sys.modules, 'horovod.tensorflow', None)
+    environ = dict(os.environ)
+    cfg.update_args(['TRAINER=horovod', 'PREPROC.TRAIN_SHORT_EDGE_SIZE=[600, 800]'])
+    derived = finalize_configs(is_training=True, devices=Devices(0, 4, 'NHWC'))
+    assert dict(os.environ) == environ
+    assert derived.num_gpus == 4 and derived.accumulate_steps == 2
+
+
+def test_validate_config_changes_nothing(registered_split):
+    cfg.update_args(['TRAIN.LR_SCHEDULE=2x'])
+    before = dict(_leaves(cfg))
+    config_module.validate_config()
+    assert dict(_leaves(cfg)) == before
+    cfg.update_args(['TRAIN.LR_SCHEDULE=fast'])
+    with pytest.raises(ValueError, match='LR_SCHEDULE'):
+        config_module.validate_config()
+
+
+def test_cudnn_autotune_is_set_by_the_entry_scripts_helper(monkeypatch):
+    from utils import tf_compat
+    for name in ('TF_CUDNN_USE_AUTOTUNE', 'TF_AUTOTUNE_THRESHOLD'):
+        monkeypatch.delenv(name, raising=False)
+    tf_compat.configure_cudnn_autotune(True, (800, 800))
+    assert 'TF_CUDNN_USE_AUTOTUNE' not in os.environ and os.environ['TF_AUTOTUNE_THRESHOLD'] == '1'
+    tf_compat.configure_cudnn_autotune(True, (640, 800))   # many shapes: autotuning each is too slow
+    assert os.environ['TF_CUDNN_USE_AUTOTUNE'] == '0'
+    monkeypatch.delenv('TF_CUDNN_USE_AUTOTUNE')
+    tf_compat.configure_cudnn_autotune(False, (800, 800))
+    assert os.environ['TF_CUDNN_USE_AUTOTUNE'] == '0'
 
 
 def test_finalize_on_cpu_counts_zero_gpus_and_accumulates(registered_split):
-    finalize_configs(is_training=True)
-    assert cfg.TRAIN.NUM_GPUS == 0
-    assert cfg.TRAIN.ACCUMULATE_STEPS == 8     # one tower sums 8 steps, like 8 GPUs
+    derived = finalize_configs(is_training=True)   # the devices this test process sees: no GPU
+    assert derived.num_gpus == 0
+    assert derived.accumulate_steps == 8     # one tower sums 8 steps, like 8 GPUs
     assert config_module.num_towers() == 1
 
 
 def test_finalize_keeps_explicit_accumulation(registered_split):
     cfg.update_args(['TRAIN.ACCUMULATE_STEPS=1'])
-    finalize_configs(is_training=True)
-    assert cfg.TRAIN.ACCUMULATE_STEPS == 1
+    assert finalize_configs(is_training=True, devices=CPU).accumulate_steps == 1
 
 
 def test_finalize_rejects_more_gpus_than_visible(registered_split):
     cfg.update_args(['TRAIN.NUM_GPUS=4'])
     with pytest.raises(ValueError, match='NUM_GPUS=4'):
-        finalize_configs(is_training=True)
+        finalize_configs(is_training=True, devices=Devices(2, None, 'NCHW'))
 
 
-def test_tower_count_rule_is_for_training_only(registered_split, monkeypatch):
+def test_tower_count_rule_is_for_training_only(registered_split):
     """Three GPUs can't make the reference batch of 8, so training refuses them; prediction runs."""
-    from utils import tf_compat
-    monkeypatch.setattr(tf_compat, 'num_visible_gpus', lambda: 3)
-    with pytest.raises(ValueError, match='1, 2, 4 or a multiple of 8 towers, not 3'):
-        finalize_configs(is_training=True)
-    reset_config()
-    cfg.update_args(["DATA.TRAIN=('cfgtest_train',)", "DATA.VAL=('cfgtest_val',)"])
-    finalize_configs(is_training=False)
-    assert cfg.TRAIN.NUM_GPUS == 3
+    three_gpus = Devices(tower_devices=3, horovod_size=None, default_data_format='NCHW')
+    with pytest.raises(ValueError, match=r"3 tower\(s\) x TRAIN.BATCH_SIZE_PER_GPU=1 = 3 images per step can't make up "
+                                         r'the reference batch of 8: use 1, 2, 4 or a multiple of 8'):
+        finalize_configs(is_training=True, devices=three_gpus)
+    derived = finalize_configs(is_training=False, devices=three_gpus)
+    assert derived.num_gpus == 3 and derived.data_format == 'NCHW'
+
+
+@pytest.mark.parametrize('towers, per_tower, accumulate', [(1, 1, 8), (2, 1, 4), (8, 1, 1), (16, 1, 1)])
+def test_accumulation_makes_up_the_reference_batch(registered_split, towers, per_tower, accumulate):
+    cfg.update_args(['TRAIN.BATCH_SIZE_PER_GPU={}'.format(per_tower)])
+    derived = finalize_configs(is_training=True, devices=Devices(towers, None, 'NCHW'))
+    assert derived.images_per_step == towers * per_tower
+    assert derived.accumulate_steps == accumulate
+
+
+def test_an_explicit_accumulation_lifts_the_reference_batch_rule(registered_split):
+    cfg.update_args(['TRAIN.ACCUMULATE_STEPS=3'])
+    derived = finalize_configs(is_training=True, devices=Devices(3, None, 'NCHW'))
+    assert derived.images_per_step == 3 and derived.accumulate_steps == 3
+
+
+def test_two_configs_live_in_one_process(registered_split):
+    other = config_module.new_config()
+    other.update_args(["DATA.TRAIN=('cfgtest_train',)", "DATA.VAL=('cfgtest_val',)", 'MODE_FPN=False',
+                       'PREPROC.MAX_SIZE=1000'])
+    finalize_configs(is_training=False, devices=CPU, cfg=other)
+    finalize_configs(is_training=False, devices=CPU)
+    assert other.MODE_FPN is False and cfg.MODE_FPN is True
+    assert other.derived.max_size == 1000 and cfg.derived.max_size == 1344.   # C4 keeps the value; FPN rounds
+
+
+def _leaves(node, prefix=''):
+    """(dotted key, value) of every leaf of a config tree."""
+    for name, value in node.__dict__.items():
+        if name.startswith('_'):
+            continue
+        if isinstance(value, config_module.AttrDict):
+            yield from _leaves(value, prefix + name + '.')
+        else:
+            yield prefix + name, value
 
 
 def test_finalize_rejects_mismatched_classes(registered_split):
@@ -220,6 +313,8 @@ def test_finalize_rejects_mismatched_classes(registered_split):
     (['PREPROC.TRAIN_SHORT_EDGE_SIZE=[800, 600]'], 'TRAIN_SHORT_EDGE_SIZE'),
     (['BACKBONE.DATA_FORMAT=channels_last'], 'DATA_FORMAT'),
     (['TRAIN.ACCUMULATE_STEPS=0'], 'ACCUMULATE_STEPS'),
+    (['TRAIN.BATCH_SIZE_PER_GPU=0'], r'TRAIN.BATCH_SIZE_PER_GPU=0 must be >= 1'),
+    (['TRAIN.BATCH_SIZE_PER_GPU=2'], r'TRAIN.BATCH_SIZE_PER_GPU=2: only 1 image per tower is built so far'),
     (['TRAIN.BASE_LR=-0.01'], r'TRAIN.BASE_LR=-0.01 must be > 0'),
     (['TRAIN.BASE_LR=0'], r'TRAIN.BASE_LR=0.0 must be > 0'),
     (['TRAIN.STEPS_PER_EPOCH=0'], r'TRAIN.STEPS_PER_EPOCH=0 must be >= 1'),
@@ -230,7 +325,15 @@ def test_finalize_rejects_mismatched_classes(registered_split):
 def test_finalize_validation_errors(registered_split, overrides, message):
     cfg.update_args(overrides)
     with pytest.raises(ValueError, match=message):
-        finalize_configs(is_training=False)
+        finalize_configs(is_training=False, devices=CPU)
+
+
+@pytest.mark.parametrize('key, valid', [('FPN.FRCNN_HEAD_FUNC', 'fastrcnn_2fc_head'),
+                                        ('FPN.MRCNN_HEAD_FUNC', 'maskrcnn_up4conv_head')])
+def test_a_misspelt_head_name_fails_before_the_graph_and_lists_the_heads(registered_split, key, valid):
+    cfg.update_args(['{}={}x'.format(key, valid)])
+    with pytest.raises(ValueError, match=r"{}='{}x' is not one of .*'{}'".format(re.escape(key), valid, valid)):
+        config_module.validate_config()
 
 
 def test_finalize_unknown_split_is_a_key_error():
@@ -243,3 +346,10 @@ def test_finalized_config_is_frozen(registered_split):
     finalize_configs(is_training=False)
     with pytest.raises(AttributeError):
         cfg.DATA.SOMETHING_NEW = 1
+
+
+def test_config_validation_imports_no_tensorflow():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = 'import sys, config; config.validate_config(); print("tensorflow" in sys.modules)'
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True, cwd=root)
+    assert out.stdout.strip() == 'False'

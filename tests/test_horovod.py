@@ -23,7 +23,7 @@ import pytest
 from config import config as cfg
 from config import finalize_configs, num_towers
 from utils import training
-from utils.tf_compat import num_visible_gpus, tf
+from utils.tf_compat import detect_devices, num_visible_gpus, tf
 
 from config import combine_overrides
 
@@ -291,10 +291,11 @@ def test_syncbn_trains_with_shared_statistics(tmp_path, finished_main_run):
 
 
 # config errors (no horovodrun needed) ------------------------------------------------------
-def _fake_horovod(monkeypatch, size):
+def _fake_horovod(monkeypatch, size, initialized=True):
     hvd = types.ModuleType('horovod.tensorflow')
     hvd.init = lambda: None
     hvd.size = lambda: size
+    hvd.is_initialized = lambda: initialized
     package = types.ModuleType('horovod')
     package.tensorflow = hvd
     monkeypatch.setitem(sys.modules, 'horovod', package)
@@ -312,8 +313,14 @@ def coco_shapes_registered(data_dir):
 def test_horovod_trainer_without_horovod_says_how_to_install(monkeypatch, coco_shapes_registered):
     monkeypatch.setitem(sys.modules, 'horovod', None)
     monkeypatch.setitem(sys.modules, 'horovod.tensorflow', None)
-    cfg.update_args(['TRAINER=horovod'])
     with pytest.raises(ImportError, match=r'TRAINER=horovod needs Horovod.*make horovod'):
+        detect_devices('horovod')
+
+
+def test_horovod_trainer_before_horovod_is_initialized_says_what_to_call(monkeypatch, coco_shapes_registered):
+    _fake_horovod(monkeypatch, size=2, initialized=False)
+    cfg.update_args(['TRAINER=horovod'])
+    with pytest.raises(ValueError, match=r'Horovod is not initialized.*detect_devices'):
         finalize_configs(is_training=True)
 
 
@@ -321,15 +328,15 @@ def test_num_gpus_disagreeing_with_ranks_names_both(monkeypatch, coco_shapes_reg
     _fake_horovod(monkeypatch, size=2)
     cfg.update_args(['TRAINER=horovod', 'TRAIN.NUM_GPUS=1'])
     with pytest.raises(ValueError, match=r'TRAIN\.NUM_GPUS=1 but Horovod runs 2 ranks'):
-        finalize_configs(is_training=True)
+        finalize_configs(is_training=True, devices=detect_devices(cfg.TRAINER))
 
 
 def test_ranks_count_as_towers(monkeypatch, coco_shapes_registered):
     _fake_horovod(monkeypatch, size=2)
     cfg.update_args(['TRAINER=horovod'])
-    finalize_configs(is_training=True)
-    assert cfg.TRAIN.NUM_GPUS == 2 and num_towers() == 2
-    assert cfg.TRAIN.ACCUMULATE_STEPS == 4   # 8 images per step: 2 ranks x 4 accumulated steps
+    finalize_configs(is_training=True, devices=detect_devices(cfg.TRAINER))
+    assert cfg.derived.num_gpus == 2 and num_towers() == 2
+    assert cfg.derived.accumulate_steps == 4   # 8 images per step: 2 ranks x 4 accumulated steps
 
 
 def test_train_dataflow_differs_by_rank_and_repeats(coco_shapes_registered):

@@ -151,7 +151,7 @@ def test_two_towers_sum_the_single_tower_gradients_of_their_images(shapes_dir, m
     cfg.update_args(['DATA.BASEDIR=' + shapes_dir] + MODEL_CONFIG + DETERMINISTIC)
     register_shapes(shapes_dir)
     finalize_configs(is_training=True)
-    assert cfg.TRAIN.NUM_GPUS == 2 and cfg.TRAIN.ACCUMULATE_STEPS == 4
+    assert cfg.derived.num_gpus == 2 and cfg.derived.accumulate_steps == 4
     dataflow = get_train_dataflow()
     dataflow.reset_state()
     images = [dp for dp, _ in zip(dataflow, range(2))]

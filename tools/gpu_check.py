@@ -391,7 +391,7 @@ def layout_probe(checkpoint, out_path, overrides):
     cfg.update_args(overrides)
     register_shapes(cfg.DATA.BASEDIR)
     finalize_configs(is_training=False)
-    if cfg.BACKBONE.DATA_FORMAT == 'NCHW' and not nchw_kernels_available():
+    if cfg.derived.data_format == 'NCHW' and not nchw_kernels_available():
         print('NO_NCHW_KERNELS: this device has no NCHW kernels for Conv2D / pooling')
         sys.exit(3)
     model = predict.build_model()
@@ -405,9 +405,9 @@ def layout_probe(checkpoint, out_path, overrides):
     proposals_name = tensor_names.proposal_tensor_names(cfg.MODE_FPN)[0] + ':0'
     fetches = [tensor_names.FASTRCNN_ALL_SCORES + ':0', 'clip_boxes/fastrcnn_all_boxes:0',
                tensor_names.OUTPUT_MASKS + ':0']
-    resize = CustomResize(cfg.PREPROC.TEST_SHORT_EDGE_SIZE, cfg.PREPROC.MAX_SIZE)
+    resize = CustomResize(cfg.PREPROC.TEST_SHORT_EDGE_SIZE, cfg.derived.max_size)
     results = {'scores': [], 'boxes': [], 'masks': []}
-    roidbs = DatasetRegistry.get(cfg.DATA.VAL[0]).inference_roidbs()
+    roidbs = DatasetRegistry.get(cfg.derived.val_splits[0]).inference_roidbs()
     for roidb in roidbs:
         image = resize.augment(read_image_bgr(roidb['file_name'])).astype(np.float32)
         height, width = image.shape[:2]
@@ -421,9 +421,9 @@ def layout_probe(checkpoint, out_path, overrides):
         results['scores'].append(scores)
         results['boxes'].append(boxes)
         results['masks'].append(masks)
-    np.savez(out_path, num_images=len(roidbs), data_format=cfg.BACKBONE.DATA_FORMAT,
+    np.savez(out_path, num_images=len(roidbs), data_format=cfg.derived.data_format,
              **{key: np.concatenate(values) for key, values in results.items()})
-    print('Wrote {} ({} images, {})'.format(out_path, len(roidbs), cfg.BACKBONE.DATA_FORMAT))
+    print('Wrote {} ({} images, {})'.format(out_path, len(roidbs), cfg.derived.data_format))
 
 
 # the report ------------------------------------------------------------------------------------

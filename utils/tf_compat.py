@@ -131,6 +131,53 @@ def default_data_format():
     return 'NCHW' if num_visible_gpus() > 0 else 'NHWC'
 
 
+def init_horovod():
+    """Initialize Horovod (once per process) and return its module; a clear error without it."""
+    try:
+        import horovod.tensorflow as hvd
+    except ImportError:
+        raise ImportError(
+            'TRAINER=horovod needs Horovod. Install it into the venv with `make horovod` '
+            '(see README: Horovod 0.28.1 built against TensorFlow 2.15.1 with Gloo).') from None
+    hvd.init()
+    return hvd
+
+
+def detect_devices(trainer, setup_horovod=True):
+    """config.Devices of this process: tower devices, Horovod's size, the default data format.
+
+    Process set-up: with trainer='horovod' and setup_horovod, Horovod is initialized here. With
+    setup_horovod=False nothing is set up, and Horovod's size is known only if it already was.
+    """
+    from config import Devices
+    horovod_size = None
+    if trainer == 'horovod':
+        horovod_size = init_horovod().size() if setup_horovod else _initialized_horovod_size()
+    return Devices(tower_devices=num_tower_devices(), horovod_size=horovod_size,
+                   default_data_format=default_data_format())
+
+
+def _initialized_horovod_size():
+    try:
+        import horovod.tensorflow as hvd
+    except ImportError:
+        return None
+    return hvd.size() if hvd.is_initialized() else None
+
+
+def configure_cudnn_autotune(is_training, train_short_edge_size):
+    """Set cuDNN's autotuning for this process, as tensorpack's example does (GPU only in effect).
+
+    Autotuning every new input shape is too slow when training sizes vary by more than 100 px,
+    and at inference, where every image has its own shape. Call before the first session runs.
+    """
+    low, high = train_short_edge_size
+    if not is_training or high - low > 100:
+        os.environ['TF_CUDNN_USE_AUTOTUNE'] = '0'
+    if is_training:
+        os.environ['TF_AUTOTUNE_THRESHOLD'] = '1'
+
+
 def nchw_kernels_available():
     """True if this process's default device runs NCHW Conv2D and pooling: GPUs do, and CPUs with
     oneDNN (TF_ENABLE_ONEDNN_OPTS=1) do; stock CPU kernels are NHWC-only. Runs two tiny ops."""

@@ -77,10 +77,10 @@ def synthetic_datapoint(boxes=((20, 30, 70, 90), (80, 40, 120, 100)), labels=Non
 
     if cfg.MODE_FPN:
         grids = get_all_anchors_fpn(cfg.FPN.ANCHOR_STRIDES, cfg.RPN.ANCHOR_SIZES, cfg.RPN.ANCHOR_RATIOS,
-                                    cfg.PREPROC.MAX_SIZE)
+                                    cfg.derived.max_size)
     else:
         grids = [get_all_anchors(cfg.RPN.ANCHOR_STRIDE, cfg.RPN.ANCHOR_SIZES, cfg.RPN.ANCHOR_RATIOS,
-                                 cfg.PREPROC.MAX_SIZE)]
+                                 cfg.derived.max_size)]
     params = AnchorLabelParams(cfg.RPN.BATCH_PER_IM, cfg.RPN.FG_RATIO, cfg.RPN.POSITIVE_ANCHOR_THRESH,
                                cfg.RPN.NEGATIVE_ANCHOR_THRESH, cfg.RPN.CROWD_OVERLAP_THRESH)
     anchor_inputs = get_multilevel_rpn_anchor_input(shape_hw, boxes, is_crowd, grids, params, rng)
