@@ -121,8 +121,8 @@ def evaluation_output_path(output_file, split):
 
 
 def inference_settings():
-    return dict(short_edge_size=cfg.PREPROC.TEST_SHORT_EDGE_SIZE, max_size=cfg.PREPROC.MAX_SIZE,
-                accurate_paste=cfg.MRCNN.ACCURATE_PASTE)
+    from eval import InferenceSettings
+    return InferenceSettings.from_config(cfg)._asdict()
 
 
 def do_evaluate(pred_config, output_file):

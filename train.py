@@ -107,9 +107,10 @@ def make_callbacks(model, schedule, towers, on_gpu, logdir, rank=None, guard=Non
     elif towers > 1:
         callbacks.append(training.make_tower_fingerprint_callback(towers))
     if cfg.TRAIN.EVAL_PERIOD > 0:
-        from eval import EvalCallback
+        from eval import EvalCallback, EvalSettings
         # Every rank gets the directory: Horovod ranks other than 0 write their part of the results there.
-        callbacks += [EvalCallback(split, *model.get_inference_tensor_names(), logdir)
+        eval_settings = EvalSettings.from_config(cfg)
+        callbacks += [EvalCallback(split, *model.get_inference_tensor_names(), logdir, eval_settings)
                       for split in cfg.DATA.VAL]
     return callbacks
 

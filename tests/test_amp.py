@@ -422,7 +422,7 @@ def test_eval_callback_session_of_its_own_gets_the_training_weights():
     rewrite where it can run) on the variables copied from the training session."""
     from tensorpack.predict import OnlinePredictor
 
-    from eval import EvalCallback, variables_read_by
+    from eval import EvalCallback, EvalSettings, InferenceSettings, variables_read_by
 
     class Trainer:
         pass
@@ -431,9 +431,10 @@ def test_eval_callback_session_of_its_own_gets_the_training_weights():
         x = tf.placeholder(tf.float32, [], name='x')
         w = tf.get_variable('w', initializer=1.)
         out = tf.identity(x * w, name='out')
-        callback = EvalCallback('split', ['x'], ['out'], output_dir='.')
+        settings = EvalSettings(inference=InferenceSettings(8, 8, False), eval_period=1, num_gpus=0, horovod=False,
+                                test_amp=AMP_REASON is None, train_amp=False)
+        callback = EvalCallback('split', ['x'], ['out'], output_dir='.', settings=settings)
         callback.graph, callback.trainer = graph, Trainer()
-        callback._use_horovod, callback._test_amp, callback._eval_dataset = False, AMP_REASON is None, 'split'
         callback._predictors = [OnlinePredictor([x], [out])]
         callback._weights = variables_read_by([out])
         with tf.Session() as training_sess:

@@ -44,3 +44,8 @@ def proposal_tensor_names(fpn):
     """(boxes, probabilities) of the RPN proposals: float32 [P, 4] and [P]."""
     scope = 'generate_fpn_proposals' if fpn else 'generate_rpn_proposals'
     return scope + '/boxes', scope + '/probs'
+
+
+# Suffixes draw_visualization_grid (viz.py) looks for among the fetched tensors -------------------
+PROPOSAL_BOXES_SUFFIX = 'proposals/boxes'                        # generate_{rpn,fpn}_proposals/boxes
+PROPOSAL_SCORES_SUFFIXES = ('proposals/probs', 'proposals/scores')
