@@ -32,7 +32,7 @@ from config import config as cfg, finalize_configs
 from dataset import DatasetRegistry, register_balloon, register_coco, register_shapes
 from utils import tensor_names
 from utils.checkpoint_check import CheckedRestore
-from utils.training import resolve_model_path
+from utils.checkpoints import resolve_model_path
 
 
 def parse_args(argv=None):

@@ -20,7 +20,7 @@ from tensorpack.tfutils.summary import add_moving_summary
 from config import config as cfg
 from utils import tensor_names as names
 from utils.np_box_ops import get_all_anchors, get_all_anchors_fpn
-from utils.training import AccumGradOptimizer, with_dynamic_loss_scaling
+from utils.optimizers import AccumGradOptimizer, with_dynamic_loss_scaling
 
 from .backbone import image_preprocess, resnet_c4_backbone, resnet_conv5, resnet_fpn_backbone
 from .model_box import RPNAnchors, area, clip_boxes, crop_and_resize, roi_align

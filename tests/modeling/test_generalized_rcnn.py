@@ -142,7 +142,7 @@ def test_inputs_declare_the_contract():
 
 
 def test_optimizer_accumulates_and_keeps_lr_untrainable():
-    from utils.training import AccumGradOptimizer
+    from utils.optimizers import AccumGradOptimizer
     helpers.configure('TRAIN.ACCUMULATE_STEPS=4')
     with tf.Graph().as_default():
         opt = helpers.build_model().optimizer()
