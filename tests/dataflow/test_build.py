@@ -1,5 +1,4 @@
 """The dataflow builders of dataflow/build.py, from settings records made by hand (no global config)."""
-import cv2
 import numpy as np
 import pytest
 
@@ -7,6 +6,7 @@ from dataflow import build
 from dataflow.anchor_targets import AnchorLabelParams
 from dataflow.mapper import MapperParams
 from dataset import DatasetRegistry, DatasetSplit
+from tests.dataflow.one_box import one_box_roidb
 from utils import tensor_names as names
 
 
@@ -34,13 +34,8 @@ def _settings(**mapper_changes):
 
 @pytest.fixture
 def one_image(tmp_path):
-    path = str(tmp_path / 'a.png')
-    image = np.zeros((20, 40, 3), np.uint8)
-    image[4:12, 8:24] = 255
-    cv2.imwrite(path, image)
-    DatasetRegistry.register('one_image', lambda: _OneImageSplit({
-        'file_name': path, 'height': 20, 'width': 40, 'boxes': np.array([[8, 4, 24, 12]], np.float32),
-        'class': np.array([1], np.int32), 'is_crowd': np.array([0], np.int8)}))
+    roidb = one_box_roidb(tmp_path / 'a.png', (20, 40), (8, 4, 24, 12), 1)
+    DatasetRegistry.register('one_image', lambda: _OneImageSplit(roidb))
 
 
 def _first(ds):

@@ -1,12 +1,12 @@
 """TrainingMapper of dataflow/mapper.py, built from a hand-made MapperParams record."""
 import pickle
 
-import cv2
 import numpy as np
 import pytest
 
 from dataflow.anchor_targets import AnchorLabelParams
 from dataflow.mapper import MapperParams, TrainingMapper, derive_seed
+from tests.dataflow.one_box import one_box_roidb
 from utils import tensor_names as names
 
 PARAMS = MapperParams(
@@ -19,13 +19,7 @@ PARAMS = MapperParams(
 
 @pytest.fixture
 def roidb(tmp_path):
-    path = str(tmp_path / 'a.png')
-    image = np.zeros((20, 30, 3), np.uint8)
-    image[2:10, 4:16] = 200
-    cv2.imwrite(path, image)
-    return {'file_name': path, 'height': 20, 'width': 30, 'boxes': np.array([[4, 2, 16, 10]], np.float32),
-            'class': np.array([2], np.int32), 'is_crowd': np.array([0], np.int8),
-            'segmentation': [[np.array([[4, 2], [16, 2], [16, 10], [4, 10]], np.float32)]]}
+    return one_box_roidb(tmp_path / 'a.png', (20, 30), (4, 2, 16, 10), 2)
 
 
 def _same(a, b):
