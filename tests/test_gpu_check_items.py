@@ -74,3 +74,11 @@ def test_replicated_item_fails_when_the_towers_drift_apart():
     drifted = gpu_check_items.check_towers_in_step(ok, line.format(0, 'ab12') + line.format(1, 'cd34'), 2)
     assert drifted.status == 'FAIL' and 'drifted apart' in drifted.figure
     assert gpu_check_items.check_towers_in_step(ok, line.format(0, 'ab12'), 2).status == 'FAIL'
+
+
+def test_amp_item_skips_in_a_dry_run_whose_cpu_cannot_run_it():
+    ctx = fake_context(True, 'REASON=bfloat16 needs oneDNN\n')
+    result = gpu_check_items.check_amp(ctx)
+    assert result.status == 'SKIP' and result.figure.endswith('bfloat16 needs oneDNN')
+    assert gpu_check_items.cpu_amp_unsupported_reason(fake_context(True, 'REASON=\n')) is None
+    assert gpu_check_items.cpu_amp_unsupported_reason(fake_context(True, 'REASON=x\n', returncode=1)) is None

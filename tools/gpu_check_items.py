@@ -192,7 +192,23 @@ def check_amp(ctx):
         return Result('amp', SKIP, 'no TRAIN.AMP in this config')
     if not ctx.dry_run and not ctx.num_gpus:
         return Result('amp', SKIP, 'TensorFlow sees no GPU')
+    if ctx.dry_run:
+        reason = cpu_amp_unsupported_reason(ctx)
+        if reason is not None:
+            return Result('amp', SKIP, 'the dry run\'s CPU cannot run it: ' + reason)
     return run_replicated(ctx, 'amp', ['TRAIN.AMP=True'])[0]
+
+
+def cpu_amp_unsupported_reason(ctx):
+    """utils.tf_compat.amp_unsupported_reason() as a child process with the dry run's environment
+    sees it (e.g. bfloat16 needs oneDNN, off with TF_ENABLE_ONEDNN_OPTS=0); None if AMP can run,
+    or if the probe itself fails (then the training run shows the error)."""
+    code = 'from utils.tf_compat import amp_unsupported_reason; print("REASON=" + (amp_unsupported_reason() or ""))'
+    returncode, output, _ = ctx.runner.run('amp_probe', python_cmd('-c', code))
+    match = re.search(r'^REASON=(.*)$', output, re.M)
+    if returncode != 0 or match is None:
+        return None
+    return match.group(1).strip() or None
 
 
 def check_layouts(ctx):
