@@ -33,7 +33,7 @@ from config import config as cfg, finalize_configs
 from dataset import DatasetRegistry, register_balloon, register_coco, register_shapes
 from utils import tensor_names
 from utils.checkpoint_check import CheckedRestore
-from utils.training import resolve_model_path
+from utils.checkpoints import resolve_model_path
 
 
 def parse_args(argv=None):
@@ -122,8 +122,8 @@ def evaluation_output_path(output_file, split):
 
 
 def inference_settings():
-    return dict(short_edge_size=cfg.PREPROC.TEST_SHORT_EDGE_SIZE, max_size=cfg.derived.max_size,
-                accurate_paste=cfg.MRCNN.ACCURATE_PASTE)
+    from eval import InferenceSettings
+    return InferenceSettings.from_config(cfg)._asdict()
 
 
 def do_evaluate(pred_config, output_file):

@@ -26,7 +26,7 @@ from tensorpack.utils import logger
 from config import config as cfg, finalize_configs, num_towers, validate_config
 from dataset import register_balloon, register_coco, register_shapes
 from modeling.params import REFERENCE_TOTAL_BATCH
-from utils import failures, training
+from utils import checkpoints, failures, fingerprints, horovod_trainer, loss_watchdog, lr_schedule
 
 LOGDIR_ACTIONS = ('resume', 'backup')
 
@@ -66,7 +66,7 @@ def prepare_logdir(logdir, action, is_chief):
         shutil.move(logdir, backup)
         print('Moved the existing {} to {}'.format(logdir, backup))
     logger.set_logger_dir(logdir, action='k')
-    return training.latest_complete_checkpoint(logdir, log=logger.warn)
+    return checkpoints.latest_complete_checkpoint(logdir, log=logger.warn)
 
 
 def make_session_init(args, resume_from, is_chief):
@@ -79,9 +79,9 @@ def make_session_init(args, resume_from, is_chief):
         return SaverRestore(resume_from)
     if args.load:
         # Mismatched shapes (e.g. another class count) are skipped and listed by tensorpack.
-        return SmartInit(training.resolve_model_path(args.load), ignore_mismatch=True)
+        return SmartInit(checkpoints.resolve_model_path(args.load), ignore_mismatch=True)
     if cfg.BACKBONE.WEIGHTS:
-        return SmartInit(training.resolve_model_path(cfg.BACKBONE.WEIGHTS))
+        return SmartInit(checkpoints.resolve_model_path(cfg.BACKBONE.WEIGHTS))
     return None
 
 
@@ -91,12 +91,12 @@ def make_callbacks(model, schedule, towers, on_gpu, logdir, rank=None, guard=Non
     saver = ModelSaver(max_to_keep=10, keep_checkpoint_every_n_hours=1)
     callbacks = [
         PeriodicCallback(saver, every_k_epochs=cfg.TRAIN.CHECKPOINT_PERIOD),
-        *training.learning_rate_setters(schedule),
+        *lr_schedule.learning_rate_setters(schedule),
         HostMemoryTracker(),
         ThroughputTracker(samples_per_step=towers),
         EstimatedTimeLeft(median=True),
         SessionRunTimeout(60000),   # milliseconds: a hung step fails instead of hanging forever
-        training.make_nonfinite_loss_callback(),
+        loss_watchdog.make_nonfinite_loss_callback(),
     ]
     if guard is not None:
         guard.saver = saver
@@ -104,13 +104,14 @@ def make_callbacks(model, schedule, towers, on_gpu, logdir, rank=None, guard=Non
     if on_gpu:
         callbacks += [GPUMemoryTracker(), GPUUtilizationTracker()]
     if rank is not None:
-        callbacks.append(training.make_fingerprint_callback(rank))
+        callbacks.append(fingerprints.make_fingerprint_callback(rank))
     elif towers > 1:
-        callbacks.append(training.make_tower_fingerprint_callback(towers))
+        callbacks.append(fingerprints.make_tower_fingerprint_callback(towers))
     if cfg.TRAIN.EVAL_PERIOD > 0:
-        from eval import EvalCallback
+        from eval import EvalCallback, EvalSettings
         # Every rank gets the directory: Horovod ranks other than 0 write their part of the results there.
-        callbacks += [EvalCallback(split, *model.get_inference_tensor_names(), logdir)
+        eval_settings = EvalSettings.from_config(cfg)
+        callbacks += [EvalCallback(split, *model.get_inference_tensor_names(), logdir, eval_settings)
                       for split in cfg.derived.val_splits]
     return callbacks
 
@@ -118,7 +119,7 @@ def make_callbacks(model, schedule, towers, on_gpu, logdir, rank=None, guard=Non
 def make_trainer(is_horovod):
     if is_horovod:
         # Summed gradients, as the replicated trainer; rank 0's variables are broadcast at the start.
-        return training.make_horovod_trainer(average=False)
+        return horovod_trainer.make_horovod_trainer(average=False)
     if cfg.derived.num_gpus > 0:
         from tensorpack.train import SyncMultiGPUTrainerReplicated
         # NCCL between GPUs; tests that stand CPU towers in for GPUs get a plain sum (utils/tf_compat.py)
@@ -160,7 +161,7 @@ def main(argv=None):
     log_precision()
 
     resume_from = prepare_logdir(args.logdir, args.logdir_action, is_chief)
-    schedule = training.compute_schedule(
+    schedule = lr_schedule.compute_schedule(
         base_lr=cfg.TRAIN.BASE_LR, warmup_steps=cfg.TRAIN.WARMUP, warmup_init_lr=cfg.TRAIN.WARMUP_INIT_LR,
         lr_schedule=cfg.derived.lr_schedule, steps_per_epoch=cfg.TRAIN.STEPS_PER_EPOCH, towers=towers)
     logger.info('Towers: {}, gradient accumulation: {} step(s)'.format(towers, cfg.derived.accumulate_steps))
@@ -170,12 +171,12 @@ def main(argv=None):
 
     starting_epoch = cfg.TRAIN.STARTING_EPOCH
     if resume_from:
-        step = training.checkpoint_global_step(resume_from)
+        step = checkpoints.checkpoint_global_step(resume_from)
         starting_epoch = step // cfg.TRAIN.STEPS_PER_EPOCH + 1
         logger.info('Checkpoint {} is at step {}: continuing with epoch {}.'.format(resume_from, step, starting_epoch))
     if is_horovod:
         # Only rank 0 looked for a checkpoint to resume; every rank must run the same epochs.
-        starting_epoch = training.broadcast_from_rank0(starting_epoch, 'starting_epoch')
+        starting_epoch = horovod_trainer.broadcast_from_rank0(starting_epoch, 'starting_epoch')
     if (resume_from or is_horovod) and starting_epoch > schedule.max_epoch:
         logger.info('Epoch {} is past the end of the schedule ({} epochs); nothing to do.'
                     .format(starting_epoch, schedule.max_epoch))
@@ -186,7 +187,7 @@ def main(argv=None):
     train_dataflow = get_train_dataflow(rank=rank)
     if is_horovod:
         # The roidb source of the map step (MapData or the worker pool) shows which images this rank reads.
-        train_dataflow.ds = training.LogFirstDatapoints(
+        train_dataflow.ds = fingerprints.LogFirstDatapoints(
             train_dataflow.ds, lambda roidb: os.path.basename(roidb['file_name']), count=4, rank=rank)
     total_images = cfg.derived.lr_schedule[-1] * REFERENCE_TOTAL_BATCH
     logger.info('Total passes over the training set: {:.5g}'.format(total_images / max(train_dataflow.size(), 1)))

@@ -7,21 +7,17 @@ Class ids index `class_names` directly, so pass the list with 'BG' at index 0
 (config's DATA.CLASS_NAMES).
 """
 import colorsys
-from collections import namedtuple
 
 import cv2
 import numpy as np
 
+from inference.detections import DetectionResult
 from utils import tensor_names
 from utils.np_box_ops import iou as np_iou
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _FONT_SCALE = 0.45
 _PROPOSAL_COLOR = (0, 200, 255)   # BGR orange-yellow for class-less boxes
-
-# Same fields as eval.DetectionResult; importing eval would pull in TensorFlow.
-Detection = namedtuple('Detection', ['box', 'score', 'class_id', 'mask'])
-
 
 def class_color(class_id):
     """A BGR uint8 colour for `class_id`; neighbouring ids get far-apart hues."""
@@ -164,32 +160,13 @@ def _kept(results, score_thresh):
 def draw_final_outputs(img, results, class_names, score_thresh=0.0):
     """Final detections: semi-transparent class-coloured masks, boxes and 'name score' labels.
 
-    results: [eval.DetectionResult] in this image's pixels; those scoring below score_thresh are skipped.
+    results: [DetectionResult] in this image's pixels; those scoring below score_thresh are skipped.
     """
     results = _kept(results, score_thresh)
     out = _to_bgr_uint8(img)
     for r in results:
         if r.mask is not None:
             out = draw_mask(out, r.mask, class_color(r.class_id))
-    if not results:
-        return out
-    boxes = np.asarray([r.box for r in results])
-    return draw_predictions(out, boxes, [r.score for r in results], [r.class_id for r in results], class_names)
-
-
-def draw_final_outputs_blackwhite(img, results, class_names, score_thresh=0.0):
-    """Detections on a gray copy of the image, with the masked pixels (or boxes) kept in colour."""
-    results = _kept(results, score_thresh)
-    color_img = _to_bgr_uint8(img)
-    out = cv2.cvtColor(cv2.cvtColor(color_img, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
-    keep_color = np.zeros(out.shape[:2], dtype=bool)
-    for r in results:
-        if r.mask is not None:
-            keep_color |= np.asarray(r.mask) > 0
-        else:
-            x1, y1, x2, y2 = (int(round(v)) for v in r.box)
-            keep_color[max(y1, 0):max(y2, 0), max(x1, 0):max(x2, 0)] = True
-    out[keep_color] = color_img[keep_color]
     if not results:
         return out
     boxes = np.asarray([r.box for r in results])
@@ -224,12 +201,6 @@ def stack_grid(images, titles=None, num_cols=2):
     return np.concatenate(rows, axis=0)
 
 
-# Tensor names read by draw_visualization_grid besides the output/* ones of utils.tensor_names.
-PROPOSAL_BOXES_SUFFIX = 'proposals/boxes'            # generate_{rpn,fpn}_proposals/boxes
-PROPOSAL_SCORES_SUFFIXES = ('proposals/probs', 'proposals/scores')
-ALL_CLASS_SCORES = 'fastrcnn_all_scores'             # float32 [P, K + 1], per proposal
-
-
 def _find_output(outputs, suffixes):
     for name in outputs:
         if any(name.endswith(suffix) for suffix in suffixes):
@@ -249,9 +220,9 @@ def draw_visualization_grid(sample, outputs, class_names):
     """
     image = sample[tensor_names.IMAGE]
     gt_boxes, gt_labels = sample[tensor_names.GT_BOXES], sample[tensor_names.GT_LABELS]
-    proposal_boxes = _find_output(outputs, (PROPOSAL_BOXES_SUFFIX,))
-    proposal_scores = _find_output(outputs, PROPOSAL_SCORES_SUFFIXES)
-    all_scores = _find_output(outputs, (ALL_CLASS_SCORES,))
+    proposal_boxes = _find_output(outputs, (tensor_names.PROPOSAL_BOXES_SUFFIX,))
+    proposal_scores = _find_output(outputs, tensor_names.PROPOSAL_SCORES_SUFFIXES)
+    all_scores = _find_output(outputs, (tensor_names.FASTRCNN_ALL_SCORES,))
     final = [outputs[name] for name in tensor_names.OUTPUT_NAMES]
 
     gt_viz = draw_annotation(image, gt_boxes, gt_labels, class_names)
@@ -259,7 +230,7 @@ def draw_visualization_grid(sample, outputs, class_names):
     best_scores = np.asarray(all_scores)[best]
     score_viz = draw_predictions(image, np.asarray(proposal_boxes)[best], best_scores.max(axis=1),
                                  best_scores.argmax(axis=1), class_names)
-    results = [Detection(box, score, label, None) for box, score, label in zip(*final)]
+    results = [DetectionResult(box, score, label, None) for box, score, label in zip(*final)]
     final_viz = draw_final_outputs(image, results, class_names)
     return stack_grid([gt_viz, proposal_viz, score_viz, final_viz],
                       ['ground truth', 'best proposal per gt', 'their class scores', 'final detections'])

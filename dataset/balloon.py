@@ -24,8 +24,7 @@ import os
 import cv2
 import numpy as np
 
-import utils.tf_compat  # noqa: F401  (configures TensorFlow before tensorpack imports it)
-from tensorpack.utils import logger
+from utils import logs as logger
 
 from dataset.coco_eval import clean_result, coco_gt_from_roidbs, evaluate_coco
 from dataset.dataset import DatasetRegistry, DatasetSplit

@@ -12,9 +12,8 @@ import os
 
 import numpy as np
 
-import utils.tf_compat  # noqa: F401  (configures TensorFlow before tensorpack imports it)
-from tensorpack.utils import logger
-from tensorpack.utils.utils import get_tqdm
+from utils import logs as logger
+from utils.logs import progress
 
 from dataset.coco_eval import clean_result, coco_from_dict, evaluate_coco
 from dataset.dataset import DatasetRegistry, DatasetSplit
@@ -166,7 +165,7 @@ class COCOFormatSplit(DatasetSplit):
                         for anns in annotations_by_image.values() for ann in anns)
         class_of_id = {category_id: k + 1 for k, category_id in enumerate(self.category_ids())}
         num_instances = 0
-        for roidb in get_tqdm(roidbs, desc='Reading ' + self.name, disable=len(roidbs) < 1000):
+        for roidb in progress(roidbs, desc='Reading ' + self.name, disable=len(roidbs) < 1000):
             self._add_instances(roidb, annotations_by_image[roidb['image_id']], class_of_id, has_masks, drops)
             num_instances += len(roidb['class'])
         logger.info("Loaded {} images and {} instances of '{}'{}.".format(

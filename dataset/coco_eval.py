@@ -17,8 +17,7 @@ import json
 
 import numpy as np
 
-import utils.tf_compat  # noqa: F401  (configures TensorFlow before tensorpack imports it)
-from tensorpack.utils import logger
+from utils import logs as logger
 
 __all__ = ['METRIC_FIELDS', 'STAT_NAMES', 'coco_from_dict', 'coco_gt_from_roidbs', 'clean_result',
            'evaluate_coco', 'per_class_ap', 'per_class_table', 'per_class_paths']

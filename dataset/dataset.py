@@ -6,8 +6,7 @@ these two classes: it asks the registry for a split by the name given in
 
 Shape shorthand: N instances in one image, P points in one polygon, K foreground classes.
 """
-import utils.tf_compat  # noqa: F401  (configures TensorFlow before tensorpack imports it)
-from tensorpack.utils import logger
+from utils import logs as logger
 
 __all__ = ['DatasetSplit', 'DatasetRegistry']
 

@@ -25,9 +25,8 @@ import zlib
 import cv2
 import numpy as np
 
-import utils.tf_compat  # noqa: F401  (configures TensorFlow before tensorpack imports it)
-from tensorpack.utils import logger
-from tensorpack.utils.utils import get_tqdm
+from utils import logs as logger
+from utils.logs import progress
 
 from dataset.coco import COCOFormatSplit
 from dataset.dataset import DatasetRegistry
@@ -190,7 +189,7 @@ def write_shapes_split(basedir, split, num_images, image_size, seed):
     if os.path.exists(json_path):
         os.remove(json_path)   # from here on the split counts as missing until the new json lands
     images, annotations = [], []
-    for i in get_tqdm(range(num_images), desc='Writing shapes_' + split):
+    for i in progress(range(num_images), desc='Writing shapes_' + split):
         image, instances = render_image(image_rng(seed, split, i), image_size)
         file_name = '{:06d}.jpg'.format(i + 1)
         cv2.imwrite(os.path.join(image_dir, file_name), image, [cv2.IMWRITE_JPEG_QUALITY, 95])

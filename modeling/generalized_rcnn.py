@@ -18,7 +18,7 @@ from tensorpack.tfutils.summary import add_moving_summary
 
 from utils import tensor_names as names
 from utils.np_box_ops import get_all_anchors, get_all_anchors_fpn
-from utils.training import AccumGradOptimizer, with_dynamic_loss_scaling
+from utils.optimizers import AccumGradOptimizer, with_dynamic_loss_scaling
 
 from .params import C4_ROI_SIZES, FPN_ROI_SIZES, REFERENCE_TOTAL_BATCH, ModelParams
 from .backbone import image_preprocess, resnet_c4_backbone, resnet_conv5, resnet_fpn_backbone

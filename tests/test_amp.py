@@ -1,5 +1,6 @@
 """Mixed precision: TRAIN.AMP / TEST.AMP (the config keys, utils/tf_compat's gate and session
-options, the loss-scaling optimizer and the loss watchdog in utils/training, predict.py's export note).
+options, the loss-scaling optimizer in utils/optimizers and the loss watchdog in utils/loss_watchdog,
+predict.py's export note).
 
 On this CPU the rewrite is bfloat16 through oneDNN. Run with TF_ENABLE_ONEDNN_OPTS=1 the AMP
 tests train and predict for real; with TF_ENABLE_ONEDNN_OPTS=0 (or on a CPU without bfloat16)
@@ -18,7 +19,7 @@ from tensorflow.core.protobuf import rewriter_config_pb2
 
 from config import config as cfg
 from utils import tensor_names as names
-from utils import tf_compat, training
+from utils import loss_watchdog, optimizers, tf_compat
 
 from tests.modeling import rcnn_helpers as helpers
 
@@ -287,7 +288,7 @@ def test_defaults_change_neither_session_nor_optimizer():
     with tf.Graph().as_default():
         opt = helpers.build_model().optimizer()
         assert type(opt) is tf.train.MomentumOptimizer
-        assert not training.loss_scale_step_tensors(tf.get_default_graph())
+        assert not optimizers.loss_scale_step_tensors(tf.get_default_graph())
 
 
 def test_config_rejects_non_bool_amp():
@@ -306,7 +307,7 @@ def test_model_optimizer_wraps_loss_scaling_outermost_for_float16(monkeypatch, a
         opt = helpers.build_model().optimizer()
         assert isinstance(opt, tf.mixed_precision.MixedPrecisionLossScaleOptimizer)
         inner = opt._optimizer
-        assert isinstance(inner, training.AccumGradOptimizer if accumulate > 1 else tf.train.MomentumOptimizer)
+        assert isinstance(inner, optimizers.AccumGradOptimizer if accumulate > 1 else tf.train.MomentumOptimizer)
         names_ = sorted(v.op.name for v in tf.global_variables())
         assert names_ == ['AMP/current_loss_scale', 'AMP/good_steps', 'learning_rate']
 
@@ -319,8 +320,8 @@ def _loss_scaled_graph(accumulate):
     loss = tf.reduce_sum(w * x, name='total_cost')
     opt = tf.train.MomentumOptimizer(1., 0.)
     if accumulate > 1:
-        opt = training.AccumGradOptimizer(opt, accumulate)
-    opt = training.with_dynamic_loss_scaling(opt)
+        opt = optimizers.AccumGradOptimizer(opt, accumulate)
+    opt = optimizers.with_dynamic_loss_scaling(opt)
     train_op = opt.apply_gradients(opt.compute_gradients(loss, [w]))
     return x, w, train_op
 
@@ -328,7 +329,7 @@ def _loss_scaled_graph(accumulate):
 def test_loss_scaling_skips_non_finite_steps_and_halves_the_scale():
     with tf.Graph().as_default():
         x, w, train_op = _loss_scaled_graph(accumulate=1)
-        (applied, scale_used), = training.loss_scale_step_tensors(tf.get_default_graph())
+        (applied, scale_used), = optimizers.loss_scale_step_tensors(tf.get_default_graph())
         with tf.Session() as sess:
             sess.run(tf.global_variables_initializer())
             ok = sess.run([applied, scale_used, train_op], {x: [0.5, 0.25]})
@@ -359,7 +360,7 @@ def test_watchdog_tolerates_steps_loss_scaling_skips_until_the_floor(log_message
     with tf.Graph().as_default():
         x, w, train_op = _loss_scaled_graph(accumulate=1)
         scale = [v for v in tf.global_variables() if v.op.name == 'AMP/current_loss_scale'][0]
-        watchdog = training.make_nonfinite_loss_callback()
+        watchdog = loss_watchdog.make_nonfinite_loss_callback()
         watchdog.setup_graph(_FakeTrainer())
         fetches = watchdog._before_run(None).fetches
 
@@ -378,12 +379,12 @@ def test_watchdog_tolerates_steps_loss_scaling_skips_until_the_floor(log_message
 
 
 def test_check_losses_finite_with_loss_scaling():
-    assert training.check_losses_finite(1, ['total_cost'], [1.], loss_scale_skipped=True, loss_scale=8.)
-    assert not training.check_losses_finite(2, ['total_cost'], [np.inf], loss_scale_skipped=True, loss_scale=2.)
+    assert loss_watchdog.check_losses_finite(1, ['total_cost'], [1.], loss_scale_skipped=True, loss_scale=8.)
+    assert not loss_watchdog.check_losses_finite(2, ['total_cost'], [np.inf], loss_scale_skipped=True, loss_scale=2.)
     with pytest.raises(FloatingPointError, match='floor of 1'):
-        training.check_losses_finite(3, ['total_cost'], [np.nan], loss_scale_skipped=True, loss_scale=1.)
+        loss_watchdog.check_losses_finite(3, ['total_cost'], [np.nan], loss_scale_skipped=True, loss_scale=1.)
     with pytest.raises(FloatingPointError, match=r'step 4: total_cost=nan'):
-        training.check_losses_finite(4, ['total_cost'], [np.nan], loss_scale_skipped=False, loss_scale=8.)
+        loss_watchdog.check_losses_finite(4, ['total_cost'], [np.nan], loss_scale_skipped=False, loss_scale=8.)
 
 
 # exports and EvalCallback -------------------------------------------------------------------
@@ -422,7 +423,7 @@ def test_eval_callback_session_of_its_own_gets_the_training_weights():
     rewrite where it can run) on the variables copied from the training session."""
     from tensorpack.predict import OnlinePredictor
 
-    from eval import EvalCallback, variables_read_by
+    from eval import EvalCallback, EvalSettings, InferenceSettings, variables_read_by
 
     class Trainer:
         pass
@@ -431,9 +432,10 @@ def test_eval_callback_session_of_its_own_gets_the_training_weights():
         x = tf.placeholder(tf.float32, [], name='x')
         w = tf.get_variable('w', initializer=1.)
         out = tf.identity(x * w, name='out')
-        callback = EvalCallback('split', ['x'], ['out'], output_dir='.')
+        settings = EvalSettings(inference=InferenceSettings(8, 8, False), eval_period=1, num_gpus=0, horovod=False,
+                                test_amp=AMP_REASON is None, train_amp=False)
+        callback = EvalCallback('split', ['x'], ['out'], output_dir='.', settings=settings)
         callback.graph, callback.trainer = graph, Trainer()
-        callback._use_horovod, callback._test_amp, callback._eval_dataset = False, AMP_REASON is None, 'split'
         callback._predictors = [OnlinePredictor([x], [out])]
         callback._weights = variables_read_by([out])
         with tf.Session() as training_sess:

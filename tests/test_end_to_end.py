@@ -183,7 +183,7 @@ def _predictor_outputs(trained, shapes_dir, image):
     from config import config as cfg, finalize_configs
     from dataset import register_shapes
     from modeling.generalized_rcnn import build_model
-    from utils.training import resolve_model_path
+    from utils.checkpoints import resolve_model_path
 
     cfg.update_args(trained['config'])
     register_shapes(shapes_dir)
@@ -211,7 +211,7 @@ def test_resume_skips_a_truncated_checkpoint_and_continues(trained, tmp_path):
     assert 'continuing with epoch {}'.format(resumed_step // STEPS_PER_EPOCH + 1) in proc.stdout
     assert 'Epoch {} (global_step {}) finished'.format(TRAIN_EPOCHS, last) in proc.stdout
 
-    from utils.training import checkpoint_global_step, latest_complete_checkpoint
+    from utils.checkpoints import checkpoint_global_step, latest_complete_checkpoint
     newest = latest_complete_checkpoint(logdir)
     assert newest.endswith('model-{}'.format(last)) and checkpoint_global_step(newest) == last
 

@@ -19,7 +19,7 @@ from tensorpack.dataflow import DataFlow, DataFlowTerminated
 
 import data
 from common import SpawnMultiProcessMapData
-from utils import failures, tensor_names, training, workers
+from utils import checkpoints, failures, tensor_names, workers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_SECONDS = 300   # per train.py run; slow machines take ~1 min to build the graph
@@ -148,7 +148,7 @@ def test_a_split_of_negatives_only_trains_with_masks(tmp_path, train_runs):
     run = TrainRun(tmp_path, basedir, config)
     train_runs.append(run)
     assert run.wait() == 0, run.output()[-4000:]
-    assert training.checkpoint_global_step(training.latest_complete_checkpoint(run.logdir)) == 8
+    assert checkpoints.checkpoint_global_step(checkpoints.latest_complete_checkpoint(run.logdir)) == 8
 
 
 def _mapper(mode_mask=True):
@@ -314,7 +314,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_non_zero(tmp_path, train_runs):
     step = int(last.split('global_step=')[1].split(':')[0])
     assert step >= 2
     # What a rerun on this --logdir resumes from (train.py's own discovery):
-    newest = training.latest_complete_checkpoint(run.logdir)
+    newest = checkpoints.latest_complete_checkpoint(run.logdir)
     assert newest == os.path.join(run.logdir, 'model-{}'.format(step)) and newest in last
-    assert training.checkpoint_global_step(newest) == step
+    assert checkpoints.checkpoint_global_step(newest) == step
     assert wait_until_gone(data_workers + resource_tracker) == []

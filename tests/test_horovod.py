@@ -4,7 +4,7 @@ The two-rank runs share one tiny config: a shapes dataset in COCO layout (16 tra
 validation images of 128 px), ResNet [1,1,1,1] + GN, 64-channel FPN. The main run trains 30
 steps (6 epochs of 5), evaluates once at the end and saves one checkpoint; its output is parsed
 by several tests. Ranks print one line each for their variables' fingerprint and their first
-training images (utils/training.py); horovodrun prefixes every line with `[rank]<stdout>:`.
+training images (utils/fingerprints.py); horovodrun prefixes every line with `[rank]<stdout>:`.
 """
 import ast
 import json
@@ -17,13 +17,13 @@ import subprocess
 import sys
 import types
 
-import numpy as np
 import pytest
 
 from config import config as cfg
 from config import finalize_configs, num_towers
-from utils import training
-from utils.tf_compat import detect_devices, num_visible_gpus, tf
+from utils import checkpoints
+from utils import fingerprints as rank_fingerprints
+from utils.tf_compat import detect_devices
 
 from config import combine_overrides
 
@@ -97,13 +97,14 @@ def tail(output):
 
 def fingerprints(output):
     """{(rank, when): fingerprint} from the FINGERPRINT_LOG_RE lines."""
-    return {(int(m['rank']), m['when']): m['fingerprint'] for m in training.FINGERPRINT_LOG_RE.finditer(output)}
+    return {(int(m['rank']), m['when']): m['fingerprint']
+            for m in rank_fingerprints.FINGERPRINT_LOG_RE.finditer(output)}
 
 
 def first_images(output):
     found = {}
     for line in output.splitlines():
-        match = training.FIRST_IMAGES_LOG_RE.search(line)
+        match = rank_fingerprints.FIRST_IMAGES_LOG_RE.search(line)
         if match:
             found[int(match['rank'])] = match['names'].split()
     return found
@@ -172,7 +173,7 @@ def test_only_rank_zero_writes_files(finished_main_run):
     run = finished_main_run
     assert os.listdir(run.workdir) == ['train_log']   # rank 1 wrote no log directory of its own
     files = os.listdir(run.logdir)
-    assert training.list_checkpoints(run.logdir) == [os.path.join(run.logdir, 'model-30')]
+    assert checkpoints.list_checkpoints(run.logdir) == [os.path.join(run.logdir, 'model-30')]
     assert len([f for f in files if f.startswith('events.out.tfevents')]) == 1
     assert 'log.log' in files
     assert not [f for f in files if '-part' in f], 'evaluation part files should have been gathered and removed'
@@ -258,7 +259,7 @@ def test_resume_continues_on_every_rank(finished_main_run, tmp_path):
     assert prints[(0, 'after-init-before-broadcast')] == fingerprints(finished_main_run.output)[(0, 'after-training')]
     assert prints[(1, 'after-init-before-broadcast')] != prints[(0, 'after-init-before-broadcast')]
     assert prints[(0, 'after-training')] == prints[(1, 'after-training')]
-    assert training.list_checkpoints(logdir)[0] == os.path.join(logdir, 'model-35')
+    assert checkpoints.list_checkpoints(logdir)[0] == os.path.join(logdir, 'model-35')
 
 
 # SyncBN ----------------------------------------------------------------------------------
@@ -282,8 +283,8 @@ def test_syncbn_trains_with_shared_statistics(tmp_path, finished_main_run):
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses), losses
     prints = fingerprints(output)
     assert prints[(0, 'last-epoch-before-broadcast')] == prints[(1, 'last-epoch-before-broadcast')]
-    counts = {int(m['count']) for m in training.FINGERPRINT_LOG_RE.finditer(output)}
-    gn_counts = {int(m['count']) for m in training.FINGERPRINT_LOG_RE.finditer(finished_main_run.output)}
+    counts = {int(m['count']) for m in rank_fingerprints.FINGERPRINT_LOG_RE.finditer(output)}
+    gn_counts = {int(m['count']) for m in rank_fingerprints.FINGERPRINT_LOG_RE.finditer(finished_main_run.output)}
     assert min(counts) > max(gn_counts), 'BatchNorm moving statistics should be among the fingerprinted variables'
 
     restores = [line for line in output.splitlines() if 'Restoring checkpoint from' in line]
@@ -354,60 +355,3 @@ def test_train_dataflow_differs_by_rank_and_repeats(coco_shapes_registered):
     assert len(rank0) > 4
     assert order(0) == rank0
     assert order(1) != rank0 and sorted(order(1)) == sorted(rank0)
-
-
-# the pieces in utils/training.py ---------------------------------------------------------
-def test_variables_fingerprint_sees_every_bit_and_name():
-    values = [('a/W', np.arange(6, dtype=np.float32).reshape(2, 3)), ('b/b', np.zeros(3, np.float32))]
-    base = training.variables_fingerprint(values)
-    assert re.fullmatch(r'[0-9a-f]{16}', base)
-    assert training.variables_fingerprint(values[::-1]) == base
-    flipped = values[0][1].copy()
-    flipped.view(np.int32)[0, 0] ^= 1   # one bit of one value
-    assert training.variables_fingerprint([('a/W', flipped), values[1]]) != base
-    assert training.variables_fingerprint([('a/V', values[0][1]), values[1]]) != base
-    assert training.variables_fingerprint([('a/W', values[0][1].reshape(3, 2)), values[1]]) != base
-
-
-def test_log_first_datapoints_logs_once(monkeypatch):
-    from tensorpack.dataflow import DataFromList
-
-    lines = []
-    monkeypatch.setattr(training.logger, 'info', lines.append)
-    ds = training.LogFirstDatapoints(DataFromList([{'f': k} for k in range(6)], shuffle=False),
-                                     lambda dp: dp['f'], count=3, rank=1)
-    ds.reset_state()
-    assert [dp['f'] for dp in ds] == list(range(6))
-    assert [dp['f'] for dp in ds] == list(range(6))
-    assert lines == ['Rank 1 first training images: 0 1 2']
-    assert training.FIRST_IMAGES_LOG_RE.search(lines[0])['names'] == '0 1 2'
-
-
-@pytest.mark.skipif(num_visible_gpus() > 0, reason='checks the CPU-only case')
-def test_gpu_device_list_is_harmless_on_cpu():
-    # HorovodTrainer pins each process to GPU `local_rank`; without GPUs TensorFlow must ignore it.
-    config = tf.ConfigProto()
-    config.gpu_options.visible_device_list = '1'
-    with tf.Graph().as_default(), tf.Session(config=config) as sess:
-        assert sess.run(tf.constant(2) + 1) == 3
-
-
-def test_accum_grad_optimizer_applies_the_sum_every_kth_step():
-    # cost = sum(c * x): every step's gradient is c, so after step 3k, x = 1 - lr * 3k * c exactly.
-    steps, lr, c = 3, 0.5, np.array([1., 2.], np.float32)
-    with tf.Graph().as_default():
-        x = tf.get_variable('x', initializer=np.ones(2, np.float32))
-        opt = training.AccumGradOptimizer(tf.train.GradientDescentOptimizer(lr), steps)
-        train_op = opt.minimize(tf.reduce_sum(c * x))
-        names = sorted(v.op.name for v in tf.global_variables())
-        assert names == ['AccumGrad/counter', 'x', 'x/AccumGrad']   # tensorpack's names: checkpoints carry over
-        with tf.Session() as sess:
-            sess.run(tf.global_variables_initializer())
-            seen = []
-            for _ in range(7):
-                sess.run(train_op)
-                seen.append(sess.run(x))
-    expected = [1 - lr * steps * c * (step // steps) for step in range(1, 8)]
-    np.testing.assert_array_equal(np.array(seen), np.array(expected))
-    with pytest.raises(ValueError, match='steps must be at least 1'):
-        training.AccumGradOptimizer(tf.train.GradientDescentOptimizer(lr), 0)

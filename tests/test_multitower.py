@@ -20,7 +20,7 @@ import types
 import numpy as np
 import pytest
 
-from utils import training
+from utils import checkpoints, fingerprints
 from utils.tf_compat import CPU_TOWERS_ENV, num_visible_gpus, replicated_allreduce_mode, tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -233,7 +233,7 @@ def test_two_towers_sum_the_single_tower_gradients_of_their_images(shapes_dir, m
 @needs_cpu_only
 def test_replicated_towers_stay_identical(replicated_run):
     prints = {int(m['tower']): m['fingerprint']
-              for m in training.TOWER_FINGERPRINT_LOG_RE.finditer(replicated_run.output)}
+              for m in fingerprints.TOWER_FINGERPRINT_LOG_RE.finditer(replicated_run.output)}
     assert sorted(prints) == [0, 1], tail(replicated_run.output)
     # Logged before the epoch-end copy of tower 0's variables: the summed gradients alone kept them equal.
     assert prints[0] == prints[1]
@@ -254,7 +254,7 @@ def test_two_towers_scale_the_schedule_and_accumulate_four_steps(replicated_run)
     assert monitor_values(output, 'learning_rate')[-1] == pytest.approx(BASE_LR * 0.01)
 
     # Accumulation: 12 steps counted; the sums were applied and reset at steps 4, 8 and 12.
-    reader = tf.train.NewCheckpointReader(training.latest_complete_checkpoint(replicated_run.logdir))
+    reader = tf.train.NewCheckpointReader(checkpoints.latest_complete_checkpoint(replicated_run.logdir))
     saved = reader.get_variable_to_shape_map()
     # tower 0's counter; the replicated trainer applies gradients under the name scope 'apply_gradients'
     assert reader.get_tensor('apply_gradients/AccumGrad/counter') == LAST_STEP

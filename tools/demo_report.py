@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from dataset.coco_eval import PER_CLASS_FIELDS, STAT_NAMES, per_class_paths
-from viz import Detection, draw_annotation, draw_final_outputs, stack_grid
+from viz import DetectionResult, draw_annotation, draw_final_outputs, stack_grid
 
 __all__ = ['read_stats', 'read_training_times', 'plot_curves', 'draw_prediction_grid', 'write_summary',
            'onednn_setting', 'amp_setting', 'unused_path', 'main']
@@ -207,8 +207,8 @@ def draw_prediction_grid(coco_gt, results, image_dir, image_ids, score_thresh, s
             mask = None
             if r.get('segmentation') is not None:
                 mask = _resize_mask(mask_util.decode(dict(r['segmentation'])), scale)
-            detections.append(Detection(_xywh_to_xyxy(r['bbox'], scale), r['score'],
-                                         class_of_id[r['category_id']], mask))
+            detections.append(DetectionResult(_xywh_to_xyxy(r['bbox'], scale), r['score'],
+                                              class_of_id[r['category_id']], mask))
         predicted = draw_final_outputs(image, detections, class_names, score_thresh)
         name = os.path.splitext(os.path.basename(info['file_name']))[0]
         cells += [gt, predicted]

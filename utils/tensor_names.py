@@ -51,3 +51,7 @@ def proposal_tensor_names(fpn):
 RPN_PROPOSALS_SCOPE = 'generate_rpn_proposals'
 FPN_PROPOSALS_SCOPE = 'generate_fpn_proposals'
 FASTRCNN_ALL_BOXES = 'fastrcnn_all_boxes'     # float32 [P, K + 1, 4], clipped, one row per proposal
+
+# Suffixes draw_visualization_grid (viz.py) looks for among the fetched tensors -------------------
+PROPOSAL_BOXES_SUFFIX = 'proposals/boxes'                        # generate_{rpn,fpn}_proposals/boxes
+PROPOSAL_SCORES_SUFFIXES = ('proposals/probs', 'proposals/scores')

@@ -1,10 +1,8 @@
-"""utils/training.py: schedules, checkpoint discovery, the non-finite-loss watchdog."""
-import os
-
+"""utils/lr_schedule.py: the schedule in this run's steps and epochs, and the setters applying it."""
 import numpy as np
 import pytest
 
-from utils import training
+from utils import lr_schedule
 from utils.tf_compat import tf
 
 
@@ -12,7 +10,7 @@ def _schedule(towers, **overrides):
     settings = dict(base_lr=0.01, warmup_steps=1000, warmup_init_lr=1e-5,
                     lr_schedule=[120000, 160000, 180000], steps_per_epoch=500, towers=towers)
     settings.update(overrides)
-    return training.compute_schedule(**settings)
+    return lr_schedule.compute_schedule(**settings)
 
 
 def test_schedule_for_two_ranks():
@@ -90,7 +88,7 @@ def learning_rates_in_effect(schedule, steps_per_epoch):
     record = RecordLearningRate()
     queue_input = QueueInput(DataFromList([[np.float32(1.)]], shuffle=False))
     config = TrainConfig(model=OneVariable(), data=queue_input, monitors=[],
-                         callbacks=training.learning_rate_setters(schedule) + [record],
+                         callbacks=lr_schedule.learning_rate_setters(schedule) + [record],
                          steps_per_epoch=steps_per_epoch, max_epoch=schedule.max_epoch)
     with tf.Graph().as_default():
         launch_train_with_config(config, SimpleTrainer())
@@ -104,7 +102,7 @@ def test_every_announced_learning_rate_takes_effect(warmup_steps):
     # epochs 1 (8 // 5) and 3 (16 // 5), i.e. after steps 5 and 15; 4 epochs. Warmup 0.001 -> 0.01.
     # warmup 5: it ends exactly where the first decay starts (the same epoch, as in the issue);
     # warmup 7: the first decay falls inside it and scales the rest of the ramp by 0.1.
-    schedule = training.compute_schedule(base_lr=0.01, warmup_steps=warmup_steps, warmup_init_lr=0.001,
+    schedule = lr_schedule.compute_schedule(base_lr=0.01, warmup_steps=warmup_steps, warmup_init_lr=0.001,
                                          lr_schedule=[1, 2, 3], steps_per_epoch=5, towers=1)
     ramp = [0.001 + 0.009 * s / warmup_steps for s in range(warmup_steps)]
     expected = ramp[:5] + [r * 0.1 for r in ramp[5:]]
@@ -115,75 +113,3 @@ def test_every_announced_learning_rate_takes_effect(warmup_steps):
     for epoch, value in schedule.epochs:
         if epoch < schedule.max_epoch:
             assert values[epoch * 5] == pytest.approx(value, rel=1e-6)
-
-
-def _save_checkpoint(logdir, step, value):
-    with tf.Graph().as_default():
-        var = tf.get_variable('w', initializer=np.full([64, 64], value, np.float32))
-        global_step = tf.train.get_or_create_global_step()
-        saver = tf.train.Saver(max_to_keep=10)
-        with tf.Session() as sess:
-            sess.run(tf.global_variables_initializer())
-            sess.run(tf.assign(global_step, step))
-            assert sess.run(var)[0, 0] == value
-            return saver.save(sess, os.path.join(logdir, 'model'), global_step=step)
-
-
-def test_latest_complete_checkpoint_skips_a_truncated_one(tmp_path):
-    older = _save_checkpoint(str(tmp_path), 100, 1.0)
-    newer = _save_checkpoint(str(tmp_path), 200, 2.0)
-    assert training.list_checkpoints(str(tmp_path)) == [newer, older]
-    assert training.latest_complete_checkpoint(str(tmp_path)) == newer
-
-    data_file = [f for f in os.listdir(tmp_path) if f.startswith('model-200.data')][0]
-    path = tmp_path / data_file
-    path.write_bytes(path.read_bytes()[:100])     # an interrupted copy
-    skipped = []
-    assert training.latest_complete_checkpoint(str(tmp_path), log=skipped.append) == older
-    assert len(skipped) == 1 and 'model-200' in skipped[0]
-    assert training.checkpoint_global_step(older) == 100
-
-
-def test_no_checkpoint_in_an_empty_dir(tmp_path):
-    assert training.latest_complete_checkpoint(str(tmp_path)) is None
-
-
-def test_resolve_model_path_forms(tmp_path):
-    prefix = _save_checkpoint(str(tmp_path), 7, 1.0)
-    assert training.resolve_model_path(str(tmp_path)) == prefix
-    assert training.resolve_model_path(prefix) == prefix
-    assert training.resolve_model_path(prefix + '.index') == prefix
-    assert os.path.samefile(training.resolve_model_path(str(tmp_path / 'checkpoint')) + '.index', prefix + '.index')
-    npz = tmp_path / 'w.npz'
-    np.savez(npz, w=np.zeros(3))
-    assert training.resolve_model_path(str(npz)) == str(npz)
-
-
-@pytest.mark.parametrize('bad', ['missing.npz', 'no/such/prefix'])
-def test_resolve_model_path_errors_name_the_path(tmp_path, bad):
-    with pytest.raises(FileNotFoundError, match='no such|neither'):
-        training.resolve_model_path(str(tmp_path / bad))
-
-
-def test_resolve_model_path_empty_dir(tmp_path):
-    with pytest.raises(FileNotFoundError, match='no complete checkpoint'):
-        training.resolve_model_path(str(tmp_path))
-
-
-def test_find_loss_tensors_picks_scalar_losses_only():
-    with tf.Graph().as_default() as graph:
-        x = tf.placeholder(tf.float32, [None])
-        tf.reduce_mean(x, name='rpn_losses/label_loss')
-        tf.add(tf.reduce_sum(x), 1., name='total_cost')
-        tf.identity(x, name='not_scalar_loss')
-        tf.reduce_sum(x, name='something_else')
-        names = [t.op.name for t in training.find_loss_tensors(graph)]
-    assert names == ['rpn_losses/label_loss', 'total_cost']
-
-
-def test_check_losses_finite_names_step_and_values():
-    training.check_losses_finite(3, ['a', 'b'], [1.0, 2.0])
-    with pytest.raises(FloatingPointError, match=r'step 17.*a=1.*total_cost=nan'):
-        training.check_losses_finite(17, ['a', 'total_cost'], [1.0, float('nan')])
-    with pytest.raises(FloatingPointError, match='inf'):
-        training.check_losses_finite(1, ['a'], [float('inf')])

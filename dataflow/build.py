@@ -1,0 +1,158 @@
+"""The training and evaluation DataFlows, and the one step that reads their settings from a config.
+
+`TrainDataSettings.from_config(cfg)` is the only place of the dataflow that reads config keys
+(after `finalize_configs`); everything else takes the frozen record or plain values.
+"""
+import collections
+import itertools
+
+import numpy as np
+from tabulate import tabulate
+
+import utils.tf_compat  # noqa: F401  (configures TensorFlow before tensorpack imports it)
+from tensorpack.dataflow import DataFromList, MapData
+from tensorpack.utils import logger
+
+from dataflow.anchor_targets import AnchorLabelParams
+from dataflow.image_io import read_image_bgr, recorded_size
+from dataflow.mapper import MapperParams, TrainingMapper, derive_seed
+from utils.workers import SpawnMultiProcessMapData
+
+__all__ = ['TrainDataSettings', 'SeededDataFromList', 'class_histogram_table', 'training_mapper',
+           'get_train_dataflow', 'get_eval_dataflow']
+
+
+class TrainDataSettings(collections.namedtuple('TrainDataSettings', [
+        'splits',              # DATA.TRAIN: names of the registered splits to concatenate
+        'class_names',         # DATA.CLASS_NAMES, 'BG' first
+        'filter_empty',        # DATA.FILTER_EMPTY_ANNOTATIONS
+        'seed',                # DATA.SEED: int, or None for non-reproducible streams
+        'num_workers',         # DATA.NUM_WORKERS: 0 maps in this process
+        'buffer_per_worker',   # datapoints buffered per worker process
+        'mapper',              # MapperParams of the per-image work
+])):
+    """Everything the training dataflow reads, as one frozen record."""
+
+    __slots__ = ()
+
+    @classmethod
+    def from_config(cls, cfg):
+        """The settings of a finalized config `cfg` (its derived values included)."""
+        return cls(
+            splits=tuple(cfg.derived.train_splits), class_names=list(cfg.DATA.CLASS_NAMES),
+            filter_empty=cfg.DATA.FILTER_EMPTY_ANNOTATIONS, seed=cfg.DATA.SEED, num_workers=cfg.DATA.NUM_WORKERS,
+            # Horovod runs one dataflow per rank, so each needs a smaller buffer (as in tensorpack).
+            buffer_per_worker=10 if cfg.TRAINER == 'horovod' else 20,
+            mapper=MapperParams(
+                mode_fpn=cfg.MODE_FPN, mode_mask=cfg.MODE_MASK,
+                short_edge_size=cfg.derived.train_short_edge_size, max_size=cfg.derived.max_size,
+                absolute_coord=cfg.DATA.ABSOLUTE_COORD, num_category=cfg.DATA.NUM_CATEGORY,
+                anchor_stride=cfg.RPN.ANCHOR_STRIDE, anchor_sizes=cfg.RPN.ANCHOR_SIZES,
+                anchor_ratios=cfg.RPN.ANCHOR_RATIOS, fpn_anchor_strides=cfg.FPN.ANCHOR_STRIDES,
+                anchor_params=AnchorLabelParams(
+                    batch_per_im=cfg.RPN.BATCH_PER_IM, fg_ratio=cfg.RPN.FG_RATIO,
+                    positive_thresh=cfg.RPN.POSITIVE_ANCHOR_THRESH,
+                    negative_thresh=cfg.RPN.NEGATIVE_ANCHOR_THRESH,
+                    crowd_overlap_thresh=cfg.RPN.CROWD_OVERLAP_THRESH)))
+
+
+class SeededDataFromList(DataFromList):
+    """`DataFromList` whose shuffling order is reproducible from `seed` (None: a random seed)."""
+
+    def __init__(self, lst, shuffle=True, seed=None):
+        super().__init__(lst, shuffle=shuffle)
+        self._seed = seed
+
+    def reset_state(self):
+        super().reset_state()
+        if self._seed is not None:
+            self.rng = np.random.RandomState(self._seed)
+
+
+def class_histogram_table(roidbs, class_names):
+    """A table (str) of non-crowd instances per class; class_names[0] is the background."""
+    counts = np.zeros((len(class_names),), dtype=np.int64)
+    for roidb in roidbs:
+        labels = np.asarray(roidb['class'], dtype=np.int64)[np.asarray(roidb['is_crowd']) == 0]
+        counts += np.bincount(labels, minlength=len(class_names))[:len(class_names)]
+    cells = list(itertools.chain.from_iterable((name, int(n)) for name, n in zip(class_names[1:], counts[1:])))
+    cells += ['total', int(counts[1:].sum())]
+    columns = min(6, len(cells))
+    cells += [None] * ((-len(cells)) % columns)
+    rows = [cells[i:i + columns] for i in range(0, len(cells), columns)]
+    return tabulate(rows, headers=['class', '#box'] * (columns // 2), tablefmt='pipe',
+                    stralign='center', numalign='left')
+
+
+def training_mapper(settings, rank):
+    """The TrainingMapper of Horovod rank `rank` (0 otherwise): its streams derive from settings.seed and rank."""
+    seed = None if settings.seed is None else derive_seed(settings.seed, rank)
+    return TrainingMapper(seed=seed, **settings.mapper._asdict())
+
+
+def get_train_dataflow(settings, rank=0):
+    """The training DataFlow over the concatenated splits of `settings` (a TrainDataSettings).
+
+    Args:
+        settings: TrainDataSettings, e.g. `TrainDataSettings.from_config(cfg)`.
+        rank: this process's rank under Horovod (0 otherwise); ranks read different
+            shuffling and augmentation streams derived from settings.seed.
+    Returns:
+        a DataFlow of dicts (data.py's docstring). Without workers one pass is one epoch in an
+        order fixed by the seed; with workers it is endless and its order varies.
+    """
+    from dataset import DatasetRegistry
+
+    roidbs = list(itertools.chain.from_iterable(DatasetRegistry.get(name).training_roidbs()
+                                                for name in settings.splits))
+    logger.info("Ground-truth instances per class:\n" + class_histogram_table(roidbs, settings.class_names))
+    num_images = len(roidbs)
+    if settings.filter_empty:
+        roidbs = [roidb for roidb in roidbs if np.any(np.asarray(roidb['is_crowd']) == 0)]
+    logger.info("Filtered {} images which contain no non-crowd groundtruth boxes. Total #images for training: {}"
+                .format(num_images - len(roidbs), len(roidbs)))
+    if not roidbs:
+        raise ValueError("No training images left in DATA.TRAIN={} (DATA.FILTER_EMPTY_ANNOTATIONS={})".format(
+            settings.splits, settings.filter_empty))
+
+    shuffle_seed = None if settings.seed is None else derive_seed(settings.seed, rank, 1 << 20)
+    ds = SeededDataFromList(roidbs, shuffle=True, seed=shuffle_seed)
+    mapper = training_mapper(settings, rank)
+    num_workers = settings.num_workers
+    if num_workers < 0:
+        raise ValueError("DATA.NUM_WORKERS={} must be >= 0".format(num_workers))
+    if num_workers == 0:
+        return MapData(ds, mapper)
+    return SpawnMultiProcessMapData(ds, num_workers, mapper, buffer_size=num_workers * settings.buffer_per_worker)
+
+
+def _shard_range(num_items, shard, num_shards):
+    """[begin, end) of contiguous shard `shard`; the last shard takes the remainder."""
+    if not 0 <= shard < num_shards:
+        raise ValueError("shard={} must be in [0, num_shards={})".format(shard, num_shards))
+    per_shard = num_items // num_shards
+    end = (shard + 1) * per_shard if shard + 1 < num_shards else num_items
+    return shard * per_shard, end
+
+
+def get_eval_dataflow(name, shard=0, num_shards=1):
+    """A DataFlow of [image uint8 [H, W, 3] BGR, image_id] over a contiguous shard of split `name`.
+
+    Images are not resized. An unreadable or truncated image raises FileNotFoundError /
+    UnreadableImageError naming the file, and one whose size differs from the roidb's
+    height/width raises ImageSizeMismatchError: an evaluation must not silently drop images.
+    """
+    from dataset import DatasetRegistry
+
+    roidbs = DatasetRegistry.get(name).inference_roidbs()
+    begin, end = _shard_range(len(roidbs), shard, num_shards)
+    logger.info("Found {} images for inference in {}; shard {}/{} has images [{}, {}).".format(
+        len(roidbs), name, shard, num_shards, begin, end))
+    ds = SeededDataFromList([[roidb['file_name'], roidb['image_id'], recorded_size(roidb)]
+                             for roidb in roidbs[begin:end]], shuffle=False)
+    return MapData(ds, _read_eval_image)
+
+
+def _read_eval_image(datapoint):
+    file_name, image_id, size_hw = datapoint
+    return [read_image_bgr(file_name, expected_hw=size_hw), image_id]
