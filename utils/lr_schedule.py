@@ -2,6 +2,8 @@
 and epochs, and the tensorpack callbacks that apply it."""
 from collections import namedtuple
 
+from modeling.params import REFERENCE_TOTAL_BATCH
+
 __all__ = ['Schedule', 'compute_schedule', 'learning_rate_setters']
 
 Schedule = namedtuple('Schedule', ['warmup', 'epochs', 'max_epoch'])
@@ -34,7 +36,7 @@ def compute_schedule(*, base_lr, warmup_steps, warmup_init_lr, lr_schedule, step
         raise ValueError('TRAIN.STEPS_PER_EPOCH={} must be at least 1.'.format(steps_per_epoch))
     if warmup_steps < 0:
         raise ValueError('TRAIN.WARMUP={} must be >= 0.'.format(warmup_steps))
-    factor = 8. / towers
+    factor = float(REFERENCE_TOTAL_BATCH) / towers
     init_lr = warmup_init_lr * min(factor, 1.)
     decay_steps = [int(steps * factor // steps_per_epoch) * steps_per_epoch for steps in lr_schedule[:-1]]
 
