@@ -71,15 +71,19 @@ def test_eval_callback_builds_one_predictor_per_shard(monkeypatch, num_gpus, dev
 
 
 def test_eval_settings_from_config_read_their_keys():
-    from config import config as cfg, reset_config
+    from config import Devices, finalize_configs, new_config
+    from dataset import DatasetRegistry
 
-    reset_config()
-    try:
-        cfg.update_args(['TRAIN.EVAL_PERIOD=4', 'PREPROC.TEST_SHORT_EDGE_SIZE=96', 'MRCNN.ACCURATE_PASTE=False',
-                         'TEST.AMP=True', 'TRAINER=horovod'])
-        settings = evaluation.EvalSettings.from_config(cfg)
-    finally:
-        reset_config()
-    assert settings.inference == InferenceSettings(short_edge_size=96, max_size=1333, accurate_paste=False)
+    DatasetRegistry.register('evalsettings_split', lambda: None)
+    DatasetRegistry.register_metadata('evalsettings_split', 'class_names', ['BG', 'thing'])
+    cfg = new_config()   # the global config stays untouched
+    cfg.update_args(['TRAIN.EVAL_PERIOD=4', 'PREPROC.TEST_SHORT_EDGE_SIZE=96', 'MRCNN.ACCURATE_PASTE=False',
+                     'TEST.AMP=True', 'TRAINER=horovod', 'DATA.TRAIN=evalsettings_split',
+                     'DATA.VAL=evalsettings_split', 'PREPROC.MAX_SIZE=1333'])
+    finalize_configs(is_training=False, devices=Devices(3, None, 'NHWC'), cfg=cfg)
+    settings = evaluation.EvalSettings.from_config(cfg)
+    # FPN rounds the long-edge cap up to a multiple of 32; the towers are the devices found
+    assert settings.inference == InferenceSettings(short_edge_size=96, max_size=1344., accurate_paste=False)
     assert (settings.eval_period, settings.horovod) == (4, True)
     assert (settings.test_amp, settings.train_amp) == (True, False)
+    assert settings.num_gpus == 3
