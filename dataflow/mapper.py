@@ -7,6 +7,7 @@ value it uses, built from a `MapperParams` record and a seed.
 import collections
 import traceback
 
+import cv2
 import numpy as np
 
 import utils.tf_compat  # noqa: F401  (configures TensorFlow before tensorpack imports it)
@@ -50,6 +51,14 @@ _MapperState = collections.namedtuple(
 # The anchors of one image shape: per level the grid of cells to label and the (fH, fW) kept of
 # them, and filter_boxes_inside_shape of those anchors, flattened and concatenated.
 _ShapeAnchors = collections.namedtuple('_ShapeAnchors', ['grids', 'feature_hw', 'inside'])
+
+
+def _round_to_uint8(image):
+    """float32 image -> uint8, each value rounded to the nearest integer (ties to even) and clipped to
+    0..255, so it moves by at most 0.5. Overwrites `image` (the mapper's own array)."""
+    # Saturating conversion of |x| with rounding as np.rint, after the negative values became 0:
+    # the same as np.clip(np.rint(image), 0, 255), in half the time.
+    return cv2.convertScaleAbs(np.maximum(image, 0, out=image))
 
 
 class TrainingMapper:
@@ -214,8 +223,7 @@ class TrainingMapper:
             inside=anchors.inside)
         anchor_inputs = [(np.ascontiguousarray(labels[:fh, :fw]), np.ascontiguousarray(gt_boxes[:fh, :fw]))
                          for (labels, gt_boxes), (fh, fw) in zip(anchor_inputs, anchors.feature_hw)]
-        # uint8 over the wire: the float32 result of resize and flip, rounded (it moves <= 0.5).
-        datapoint = {tensor_names.IMAGE: np.clip(np.rint(image), 0, 255).astype(np.uint8)}
+        datapoint = {tensor_names.IMAGE: _round_to_uint8(image)}
         datapoint.update(anchor_input_entries(anchor_inputs, self.mode_fpn))
         datapoint[tensor_names.GT_BOXES] = boxes[is_crowd == 0]
         datapoint[tensor_names.GT_LABELS] = non_crowd_labels.astype(np.int64)

@@ -91,3 +91,12 @@ def test_the_image_is_sent_as_uint8_rounded_from_the_float_resize(roidb):
     float_image = state.augmentors.get_transform(source).apply_image(source)
     assert np.abs(image - float_image).max() <= 0.5
     assert not np.array_equal(image, float_image)   # the resize interpolates: some values moved
+
+
+def test_round_to_uint8_rounds_half_to_even_and_clips_also_on_a_flipped_view():
+    from dataflow.mapper import _round_to_uint8
+    values = np.array([0.5, 1.5, 2.5, 3.49, 254.5, 255.5, 300., -0.4, -3.], np.float32)
+    image = np.stack([values, values + 1, values * 0], axis=-1)[None, ::-1]   # [1, 9, 3], negative strides
+    expected = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    assert expected[0, ::-1, 0].tolist() == [0, 2, 2, 3, 254, 255, 255, 0, 0]
+    assert np.array_equal(_round_to_uint8(image), expected)
