@@ -254,7 +254,7 @@ def test_spawned_workers_see_config_overrides(tiny_split):
         signal.signal(signal.SIGALRM, previous)
         ds.close()
     for dp in datapoints:
-        assert min(dp[names.IMAGE].shape[:2]) == 40
+        assert min(dp[names.IMAGE].shape[:2]) == 40 and dp[names.IMAGE].dtype == np.float32   # uint8 in transit
         labels = np.concatenate([dp[names.fpn_anchor_labels(k)].ravel() for k in names.FPN_LEVELS])
         assert (labels >= 0).sum() <= 12
 
