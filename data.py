@@ -2,15 +2,16 @@
 
 A training datapoint is a dict keyed by the names in utils/tensor_names.py:
 
-    image            float32 [H, W, 3] BGR, resized (and maybe flipped)
-    anchor_labels    int32 [S, S, A]     (C4; FPN: anchor_labels_lvl2..6 [S_l, S_l, A_l])
-    anchor_boxes     float32 [S, S, A, 4] (C4; FPN: anchor_boxes_lvl2..6), the gt box of each fg anchor
+    image            float32 [H, W, 3] BGR, resized (and maybe flipped), integer values (uint8 in transit)
+    anchor_labels    int32 [fH, fW, A]     (C4; FPN: anchor_labels_lvl2..6 [fH_l, fW_l, A_l])
+    anchor_boxes     float32 [fH, fW, A, 4] (C4; FPN: anchor_boxes_lvl2..6), the gt box of each fg anchor
     gt_boxes         float32 [N, 4] x1y1x2y2, pixels of the resized image, crowd boxes removed
     gt_labels        int64 [N], classes 1..K
     gt_masks_packed  uint8 [N, H, ceil(W / 8)] (MODE_MASK only), np.packbits of the masks along W
 
-Anchor grids cover the largest possible image (S = ceil(PREPROC.MAX_SIZE / stride)); the model
-crops them to its feature map. Anchor labels: 1 foreground, 0 background, -1 ignored.
+Anchor grids cover exactly the image's own feature map (fH x fW cells: FPN ceil(Hp / stride) with
+Hp = H padded to FPN.RESOLUTION_REQUIREMENT, C4 floor(H / 16)); the model's crop to its feature
+map is then a no-op. Anchor labels: 1 foreground, 0 background, -1 ignored.
 
 Workers: with DATA.NUM_WORKERS > 0 the per-image work runs in processes started with the
 *spawn* method, whatever the platform default is. Fork would copy the parent's TensorFlow

@@ -2,7 +2,8 @@
 fixed number of them, and name the result as the model's inputs.
 
 Shape shorthand: A anchors, N gt boxes, C crowd boxes, S_l x S_l anchor cells of level l with
-A_l anchors each. Boxes are x1y1x2y2 floats in pixels of the resized image.
+A_l anchors each (the MAX_SIZE canvas), fH_l x fW_l the cells of one image's feature map.
+Boxes are x1y1x2y2 floats in pixels of the resized image.
 """
 import collections
 
@@ -14,7 +15,7 @@ from utils.np_box_ops import ioa as np_ioa
 from utils.np_box_ops import iou as np_iou
 
 __all__ = ['MalformedData', 'AnchorLabelParams', 'match_to_best_gt', 'get_anchor_labels',
-           'get_multilevel_rpn_anchor_input', 'anchor_input_entries']
+           'get_multilevel_rpn_anchor_input', 'anchor_input_entries', 'feature_map_hw', 'labelled_region_hw']
 
 
 class MalformedData(Exception):
@@ -143,6 +144,45 @@ def get_multilevel_rpn_anchor_input(image_shape_hw, boxes, is_crowd, anchor_grid
         outputs.append((all_labels[start:end].reshape(shape), all_gt_boxes[start:end].reshape(shape + (4,))))
         start = end
     return outputs
+
+
+def feature_map_hw(image_hw, stride, resolution_requirement=None):
+    """(fH, fW): the spatial size of the model's feature map of stride `stride` for an H x W image.
+
+    FPN (`resolution_requirement` R given): the graph zero-pads the image to Hp = ceil(H / R) * R
+    (likewise W); levels of stride <= R then have Hp / stride cells, and p6 (p5[::2]) has
+    ceil(Hp / 64). C4 (R None): each of the backbone's four stride-2 layers (conv0, pool0, the
+    first blocks of group1 and group2) maps a size h to floor(h / 2) with tensorpack's padding
+    and odd-size cropping, so the stride-16 map has floor(H / 16) cells.
+    """
+    height, width = (int(v) for v in image_hw)
+    if resolution_requirement is None:
+        return height // stride, width // stride
+    padded = [-(-side // resolution_requirement) * resolution_requirement for side in (height, width)]
+    return tuple(-(-side // stride) for side in padded)
+
+
+def labelled_region_hw(grid, image_hw, feature_hw):
+    """(rows, cols) of `grid` to label so that the result equals labelling the whole canvas.
+
+    Anchors not inside the image take no part in the labelling or sampling, so it suffices to
+    label the rows/columns that hold an anchor inside the image, and at least the feature map
+    (fH, fW) whose targets are kept. C4 feature maps round down, so a few inside anchors may lie
+    just below / right of them: they are labelled (and sampled, as on the whole canvas) and then
+    dropped, as the graph has always dropped them.
+
+    grid: float32 [S, S, A, 4] (np_box_ops.get_all_anchors); rows shift y, columns shift x.
+    """
+    height, width = image_hw
+    field_rows, field_cols = grid.shape[:2]
+    if feature_hw[0] > field_rows or feature_hw[1] > field_cols:
+        raise ValueError("A feature map of {} cells for an image of {} exceeds the anchor grid of {} cells; "
+                         "the image is larger than PREPROC.MAX_SIZE allows".format(
+                             tuple(feature_hw), tuple(image_hw), (field_rows, field_cols)))
+    # The bottom (right) edge of each row's (column's) lowest anchor, monotone in the row.
+    rows_fitting = np.count_nonzero(grid[:, 0, :, 3].min(axis=1) <= height)
+    cols_fitting = np.count_nonzero(grid[0, :, :, 2].min(axis=1) <= width)
+    return max(feature_hw[0], rows_fitting), max(feature_hw[1], cols_fitting)
 
 
 def anchor_input_entries(anchor_inputs, mode_fpn):

@@ -16,10 +16,11 @@ from tensorpack.utils import logger
 from dataflow.anchor_targets import AnchorLabelParams
 from dataflow.image_io import read_image_bgr, recorded_size
 from dataflow.mapper import MapperParams, TrainingMapper, derive_seed
+from utils import tensor_names
 from utils.workers import SpawnMultiProcessMapData
 
 __all__ = ['TrainDataSettings', 'SeededDataFromList', 'class_histogram_table', 'training_mapper',
-           'get_train_dataflow', 'get_eval_dataflow']
+           'get_train_dataflow', 'image_to_float32', 'get_eval_dataflow']
 
 
 class TrainDataSettings(collections.namedtuple('TrainDataSettings', [
@@ -49,6 +50,7 @@ class TrainDataSettings(collections.namedtuple('TrainDataSettings', [
                 absolute_coord=cfg.DATA.ABSOLUTE_COORD, num_category=cfg.DATA.NUM_CATEGORY,
                 anchor_stride=cfg.RPN.ANCHOR_STRIDE, anchor_sizes=cfg.RPN.ANCHOR_SIZES,
                 anchor_ratios=cfg.RPN.ANCHOR_RATIOS, fpn_anchor_strides=cfg.FPN.ANCHOR_STRIDES,
+                resolution_requirement=cfg.FPN.RESOLUTION_REQUIREMENT if cfg.MODE_FPN else None,
                 anchor_params=AnchorLabelParams(
                     batch_per_im=cfg.RPN.BATCH_PER_IM, fg_ratio=cfg.RPN.FG_RATIO,
                     positive_thresh=cfg.RPN.POSITIVE_ANCHOR_THRESH,
@@ -122,8 +124,33 @@ def get_train_dataflow(settings, rank=0):
     if num_workers < 0:
         raise ValueError("DATA.NUM_WORKERS={} must be >= 0".format(num_workers))
     if num_workers == 0:
-        return MapData(ds, mapper)
-    return SpawnMultiProcessMapData(ds, num_workers, mapper, buffer_size=num_workers * settings.buffer_per_worker)
+        return _MapInProcess(ds, mapper)
+    return _MapInWorkers(ds, num_workers, mapper, buffer_size=num_workers * settings.buffer_per_worker)
+
+
+def image_to_float32(datapoint):
+    """The mapper sends the image as uint8 (a quarter of the bytes); the model's input is float32."""
+    datapoint[tensor_names.IMAGE] = datapoint[tensor_names.IMAGE].astype(np.float32)
+    return datapoint
+
+
+class _Float32Images:
+    """Mixin of a map step: its datapoints leave with float32 images, converted in this process.
+
+    The map step itself stays what get_train_dataflow returns, so its `.ds` is still the roidb
+    source (train.py logs it under Horovod) and `.func` the mapper.
+    """
+
+    def __iter__(self):
+        return map(image_to_float32, super().__iter__())
+
+
+class _MapInProcess(_Float32Images, MapData):
+    pass
+
+
+class _MapInWorkers(_Float32Images, SpawnMultiProcessMapData):
+    pass
 
 
 def _shard_range(num_items, shard, num_shards):

@@ -7,14 +7,15 @@ value it uses, built from a `MapperParams` record and a seed.
 import collections
 import traceback
 
+import cv2
 import numpy as np
 
 import utils.tf_compat  # noqa: F401  (configures TensorFlow before tensorpack imports it)
 from tensorpack.dataflow import imgaug
 from tensorpack.utils import logger
 
-from dataflow.anchor_targets import (AnchorLabelParams, MalformedData, anchor_input_entries,
-                                     get_multilevel_rpn_anchor_input)
+from dataflow.anchor_targets import (AnchorLabelParams, MalformedData, anchor_input_entries, feature_map_hw,
+                                     get_multilevel_rpn_anchor_input, labelled_region_hw)
 from dataflow.geometry import box_to_point4, filter_boxes_inside_shape, point4_to_box, polygons_to_mask
 from dataflow.image_io import UnreadableImageError, read_image_bgr, recorded_size
 from dataflow.resize import CustomResize
@@ -32,7 +33,8 @@ MapperParams = collections.namedtuple('MapperParams', [
     'anchor_stride', 'anchor_sizes', 'anchor_ratios',   # RPN.ANCHOR_*
     'fpn_anchor_strides',                    # FPN.ANCHOR_STRIDES
     'anchor_params',                         # an AnchorLabelParams (RPN.*)
-])
+    'resolution_requirement',                # FPN.RESOLUTION_REQUIREMENT (FPN only; None for C4)
+], defaults=(None,))
 MapperParams.__doc__ = "The keyword arguments of TrainingMapper besides `seed`, as one frozen record."
 
 
@@ -44,11 +46,28 @@ def derive_seed(*key):
 
 
 _MapperState = collections.namedtuple(
-    '_MapperState', ['grids', 'flat_anchors', 'inside_by_shape', 'augmentors', 'sampling_rng'])
+    '_MapperState', ['grids', 'strides', 'anchors_by_shape', 'augmentors', 'sampling_rng'])
+
+# The anchors of one image shape: per level the grid of cells to label and the (fH, fW) kept of
+# them, and filter_boxes_inside_shape of those anchors, flattened and concatenated.
+_ShapeAnchors = collections.namedtuple('_ShapeAnchors', ['grids', 'feature_hw', 'inside'])
+
+
+def _round_to_uint8(image):
+    """float32 image -> uint8, each value rounded to the nearest integer (ties to even) and clipped to
+    0..255, so it moves by at most 0.5. Overwrites `image` (the mapper's own array)."""
+    # Saturating conversion of |x| with rounding as np.rint, after the negative values became 0:
+    # the same as np.clip(np.rint(image), 0, 255), in half the time.
+    return cv2.convertScaleAbs(np.maximum(image, 0, out=image))
 
 
 class TrainingMapper:
     """roidb dict -> training datapoint dict (see data.py's docstring), or None to skip.
+
+    The image is sent as uint8 (resized and flipped in float32, then rounded): a quarter of the
+    bytes to pickle from a worker; dataflow/build.py turns it back into float32. Anchor targets
+    cover exactly the cells of the image's own feature maps (`feature_map_hw`), which hold the
+    same values as the MAX_SIZE canvas cropped to them.
 
     Picklable, holding only plain values, so it can run in spawned worker processes. Anchor
     grids, augmentors and the random stream are created on first use in each process. Samples
@@ -61,10 +80,15 @@ class TrainingMapper:
     max_consecutive_skips = 200   # more in a row means the dataset or config is broken
 
     def __init__(self, *, mode_fpn, mode_mask, short_edge_size, max_size, absolute_coord, num_category,
-                 anchor_stride, anchor_sizes, anchor_ratios, fpn_anchor_strides, anchor_params, seed):
+                 anchor_stride, anchor_sizes, anchor_ratios, fpn_anchor_strides, anchor_params, seed,
+                 resolution_requirement=None):
         """Values of the config keys of the same names (MODE_*, PREPROC.TRAIN_SHORT_EDGE_SIZE,
-        PREPROC.MAX_SIZE, DATA.*, RPN.ANCHOR_*, FPN.ANCHOR_STRIDES); `anchor_params` an
-        AnchorLabelParams; `seed` an int, or None for a non-reproducible stream."""
+        PREPROC.MAX_SIZE, DATA.*, RPN.ANCHOR_*, FPN.ANCHOR_STRIDES, FPN.RESOLUTION_REQUIREMENT,
+        which FPN needs); `anchor_params` an AnchorLabelParams; `seed` an int, or None for a
+        non-reproducible stream."""
+        if mode_fpn and not resolution_requirement:
+            raise ValueError("MODE_FPN=True needs resolution_requirement (FPN.RESOLUTION_REQUIREMENT), got {!r}"
+                             .format(resolution_requirement))
         self.mode_fpn = bool(mode_fpn)
         self.mode_mask = bool(mode_mask)
         self.short_edge_size = tuple(short_edge_size) if not isinstance(short_edge_size, int) else short_edge_size
@@ -76,6 +100,7 @@ class TrainingMapper:
         self.anchor_ratios = tuple(anchor_ratios)
         self.fpn_anchor_strides = tuple(fpn_anchor_strides)
         self.anchor_params = AnchorLabelParams(*anchor_params)
+        self.resolution_requirement = int(resolution_requirement) if self.mode_fpn else None
         self.seed = seed            # int or None; None: non-reproducible
         self.worker_index = None    # set by for_worker() in worker processes
         self.num_skipped = 0
@@ -99,13 +124,15 @@ class TrainingMapper:
         self.__dict__.update(state)
 
     def _setup(self):
-        """The per-process state: anchor grids, inside-anchor cache, augmentors, random streams."""
+        """The per-process state: anchor grids, per-shape anchor cache, augmentors, random streams."""
         if self._state is None:
             if self.mode_fpn:
                 grids = get_all_anchors_fpn(self.fpn_anchor_strides, self.anchor_sizes, self.anchor_ratios,
                                             self.max_size)
+                strides = self.fpn_anchor_strides
             else:
                 grids = [get_all_anchors(self.anchor_stride, self.anchor_sizes, self.anchor_ratios, self.max_size)]
+                strides = (self.anchor_stride,)
             stream = 0 if self.worker_index is None else self.worker_index + 1
             augment_rng = np.random.RandomState(derive_seed(self.seed, stream, 0))
             resize = CustomResize(self.short_edge_size, self.max_size)
@@ -113,18 +140,25 @@ class TrainingMapper:
             augmentors = imgaug.AugmentorList([resize, flip])   # (re)seeds them randomly, so set rng after
             resize.rng = flip.rng = augment_rng
             self._state = _MapperState(
-                grids=grids, flat_anchors=np.concatenate([grid.reshape((-1, 4)) for grid in grids]),
-                inside_by_shape={}, augmentors=augmentors,
+                grids=grids, strides=tuple(strides), anchors_by_shape={}, augmentors=augmentors,
                 sampling_rng=np.random.default_rng(derive_seed(self.seed, stream, 1)))
         return self._state
 
-    def _inside_anchors(self, state, shape_hw):
-        """filter_boxes_inside_shape of all anchors, cached per image shape (images often share one)."""
-        if shape_hw not in state.inside_by_shape:
-            if len(state.inside_by_shape) >= 16:
-                state.inside_by_shape.clear()
-            state.inside_by_shape[shape_hw] = filter_boxes_inside_shape(state.flat_anchors, shape_hw)
-        return state.inside_by_shape[shape_hw]
+    def _shape_anchors(self, state, shape_hw):
+        """The _ShapeAnchors of an image shape, cached (images often share one)."""
+        if shape_hw not in state.anchors_by_shape:
+            if len(state.anchors_by_shape) >= 16:
+                state.anchors_by_shape.clear()
+            grids, feature_hws = [], []
+            for grid, stride in zip(state.grids, state.strides):
+                feature_hw = feature_map_hw(shape_hw, stride, self.resolution_requirement)
+                rows, cols = labelled_region_hw(grid, shape_hw, feature_hw)
+                grids.append(grid[:rows, :cols])
+                feature_hws.append(feature_hw)
+            flat_anchors = np.concatenate([grid.reshape((-1, 4)) for grid in grids])
+            state.anchors_by_shape[shape_hw] = _ShapeAnchors(
+                grids, feature_hws, filter_boxes_inside_shape(flat_anchors, shape_hw))
+        return state.anchors_by_shape[shape_hw]
 
     def __call__(self, roidb):
         try:
@@ -183,10 +217,13 @@ class TrainingMapper:
         if len(boxes) and np.min(np_area(boxes)) <= 0:
             raise MalformedData("some boxes have zero area")
 
+        anchors = self._shape_anchors(state, image.shape[:2])
         anchor_inputs = get_multilevel_rpn_anchor_input(
-            image.shape[:2], boxes, is_crowd, state.grids, self.anchor_params, state.sampling_rng,
-            inside=self._inside_anchors(state, image.shape[:2]))
-        datapoint = {tensor_names.IMAGE: image}
+            image.shape[:2], boxes, is_crowd, anchors.grids, self.anchor_params, state.sampling_rng,
+            inside=anchors.inside)
+        anchor_inputs = [(np.ascontiguousarray(labels[:fh, :fw]), np.ascontiguousarray(gt_boxes[:fh, :fw]))
+                         for (labels, gt_boxes), (fh, fw) in zip(anchor_inputs, anchors.feature_hw)]
+        datapoint = {tensor_names.IMAGE: _round_to_uint8(image)}
         datapoint.update(anchor_input_entries(anchor_inputs, self.mode_fpn))
         datapoint[tensor_names.GT_BOXES] = boxes[is_crowd == 0]
         datapoint[tensor_names.GT_LABELS] = non_crowd_labels.astype(np.int64)

@@ -103,20 +103,27 @@ def test_train_dataflow_keys_dtypes_shapes(tiny_split, fpn, mask):
         image = dp[names.IMAGE]
         height, width = image.shape[:2]
         assert image.dtype == np.float32 and image.shape[2] == 3 and min(height, width) == 64
+        # Rounded to uint8 in the mapper (the resize interpolates), float32 again for the model.
+        assert np.array_equal(image, np.clip(np.round(image), 0, 255))
         num = len(dp[names.GT_BOXES])
         assert dp[names.GT_BOXES].dtype == np.float32 and dp[names.GT_BOXES].shape == (num, 4)
         assert dp[names.GT_LABELS].dtype == np.int64 and dp[names.GT_LABELS].shape == (num,)
-        if fpn:   # MAX_SIZE 128 (a multiple of 32); strides 4..64; 3 ratios per level
-            for level, stride in zip(names.FPN_LEVELS, (4, 8, 16, 32, 64)):
-                side = 128 // stride
-                assert dp[names.fpn_anchor_labels(level)].shape == (side, side, 3)
+        # Anchor targets cover the image's own feature maps. Resized sides are 64 or 85 (48 * 64 / 36).
+        if fpn:   # FPN pads 85 to 96 (a multiple of 32): strides 4..32 divide it, p6 has ceil(3 / 2) cells
+            sides = {64: (16, 8, 4, 2, 1), 85: (24, 12, 6, 3, 2)}
+            for i, level in enumerate(names.FPN_LEVELS):
+                cells = (sides[height][i], sides[width][i])
+                assert dp[names.fpn_anchor_labels(level)].shape == cells + (3,)
                 assert dp[names.fpn_anchor_labels(level)].dtype == np.int32
-                assert dp[names.fpn_anchor_boxes(level)].shape == (side, side, 3, 4)
+                assert dp[names.fpn_anchor_boxes(level)].shape == cells + (3, 4)
                 assert dp[names.fpn_anchor_boxes(level)].dtype == np.float32
             labels = np.concatenate([dp[names.fpn_anchor_labels(k)].ravel() for k in names.FPN_LEVELS])
-        else:     # ceil(128 / 16) = 8 cells; 5 sizes x 3 ratios
-            assert dp[names.C4_ANCHOR_LABELS].shape == (8, 8, 15) and dp[names.C4_ANCHOR_LABELS].dtype == np.int32
-            assert dp[names.C4_ANCHOR_BOXES].shape == (8, 8, 15, 4)
+        else:     # C4: floor(64 / 16) = 4, floor(85 / 16) = 5 cells; 5 sizes x 3 ratios
+            cells = (height // 16, width // 16)
+            assert {height, width} <= {64, 85} and cells in [(4, 4), (4, 5), (5, 4)]
+            assert dp[names.C4_ANCHOR_LABELS].shape == cells + (15,)
+            assert dp[names.C4_ANCHOR_LABELS].dtype == np.int32
+            assert dp[names.C4_ANCHOR_BOXES].shape == cells + (15, 4)
             assert dp[names.C4_ANCHOR_BOXES].dtype == np.float32
             labels = dp[names.C4_ANCHOR_LABELS].ravel()
         assert (labels == 1).sum() > 0 and (labels >= 0).sum() <= 32
@@ -247,7 +254,7 @@ def test_spawned_workers_see_config_overrides(tiny_split):
         signal.signal(signal.SIGALRM, previous)
         ds.close()
     for dp in datapoints:
-        assert min(dp[names.IMAGE].shape[:2]) == 40
+        assert min(dp[names.IMAGE].shape[:2]) == 40 and dp[names.IMAGE].dtype == np.float32   # uint8 in transit
         labels = np.concatenate([dp[names.fpn_anchor_labels(k)].ravel() for k in names.FPN_LEVELS])
         assert (labels >= 0).sum() <= 12
 

@@ -81,3 +81,55 @@ def test_match_to_best_gt_picks_the_highest_iou_and_thresholds_it():
     np.testing.assert_array_equal(best_iou, [0.6, 0.5, 0.0])
     assert is_fg.tolist() == [True, True, False]
     assert anchor_targets.match_to_best_gt(ious, 0.55)[2].tolist() == [True, False, False]
+
+
+# the feature-map size of an image, against the real backbone graph -------------------------
+def test_feature_map_hw_by_hand():
+    # FPN: 50 x 70 pads to 64 x 96; p6 is p5 (2 x 3) subsampled: ceil(3 / 2) = 2.
+    assert [anchor_targets.feature_map_hw((50, 70), s, 32) for s in (4, 8, 16, 32, 64)] == [
+        (16, 24), (8, 12), (4, 6), (2, 3), (1, 2)]
+    # C4 rounds down at each stride-2 layer: 67 -> 33 -> 16 -> 8 -> 4, 99 -> 49 -> 24 -> 12 -> 6.
+    assert anchor_targets.feature_map_hw((67, 99), 16) == (4, 6)
+
+
+SIZES_HW = [(64, 96), (65, 97), (79, 47), (60, 33), (96, 128), (111, 75)]
+
+
+def _feature_shapes(build_fn, sizes_hw):
+    """[per size, the (h, w) of every output of build_fn(image [1, H, W, 3])], one graph for all sizes."""
+    from tensorpack.tfutils.tower import TowerContext
+    from utils.tf_compat import tf
+
+    with tf.Graph().as_default():
+        image = tf.placeholder(tf.float32, [1, None, None, 3])
+        with TowerContext('', is_training=False):
+            outputs = [tf.shape(x)[1:3] for x in build_fn(image)]
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            return [[tuple(hw) for hw in sess.run(outputs, {image: np.zeros((1,) + size + (3,), np.float32)})]
+                    for size in sizes_hw]
+
+
+@pytest.mark.parametrize('stride_1x1,tf_pad_mode', [(False, False), (True, True)])
+def test_feature_map_hw_matches_the_c4_backbone(stride_1x1, tf_pad_mode):
+    from modeling import backbone
+
+    def c4(image):
+        return [backbone.resnet_c4_backbone(image, [1, 1, 1], norm='None', freeze_at=0, freeze_affine=False,
+                                            tf_pad_mode=tf_pad_mode, stride_1x1=stride_1x1, data_format='NHWC')]
+    shapes = _feature_shapes(c4, SIZES_HW)
+    assert shapes == [[anchor_targets.feature_map_hw(size, 16)] for size in SIZES_HW]
+
+
+def test_feature_map_hw_matches_the_fpn_levels():
+    from modeling import backbone
+    from modeling.model_fpn import fpn_model
+
+    def fpn(image):
+        c2345 = backbone.resnet_fpn_backbone(image, [1, 1, 1, 1], norm='None', freeze_at=0, freeze_affine=False,
+                                             tf_pad_mode=False, stride_1x1=False, data_format='NHWC',
+                                             resolution_requirement=32)
+        return fpn_model('fpn', list(c2345), 8, False, 'NHWC')
+    shapes = _feature_shapes(fpn, SIZES_HW)
+    assert shapes == [[anchor_targets.feature_map_hw(size, stride, 32) for stride in (4, 8, 16, 32, 64)]
+                      for size in SIZES_HW]

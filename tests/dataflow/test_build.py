@@ -45,7 +45,8 @@ def _first(ds):
 
 def test_two_differently_configured_dataflows_in_one_process(one_image):
     c4 = _first(build.get_train_dataflow(_settings()))
-    fpn = _first(build.get_train_dataflow(_settings(mode_fpn=True, short_edge_size=(16, 16))))
+    fpn_settings = _settings(mode_fpn=True, short_edge_size=(16, 16), resolution_requirement=32)
+    fpn = _first(build.get_train_dataflow(fpn_settings))
     assert c4[names.IMAGE].shape == (32, 64, 3) and names.C4_ANCHOR_LABELS in c4
     assert fpn[names.IMAGE].shape == (16, 32, 3) and names.fpn_anchor_labels(2) in fpn
     # the gt box scales with the image (flipped or not): 16 x 8 px at scale 1.6 and 0.8
