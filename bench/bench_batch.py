@@ -4,8 +4,8 @@ side in one run, with the ratio to N = 1.
     .venv/bin/python bench/bench_batch.py [--models demo r50-fpn-800] [--sizes 1 2 4] [--repeats 3] [--steps 2]
 
 Models as in bench/bench_amp.py: `demo` is the Makefile's DEMO_CONFIG (256 px), `r50-fpn-800` is
-R50-FPN Mask R-CNN at config.py's defaults at 800 px. Each N trains on the first batch the real
-training dataflow yields (N images of the synthetic shapes set, padded by dataflow/batching.py),
+R50-FPN Mask R-CNN at config.py's defaults at 800 px. Each N trains on one batch of the first N
+images of the real training dataflow (the synthetic shapes set, padded by dataflow/batching.py),
 fed again at every step, so the dataflow is not timed. Repeats interleave the sizes (1, 2, 4, 1,
 2, 4, ...) so that load from other processes falls on all alike; figures are medians.
 """
@@ -28,11 +28,20 @@ from utils import tensor_names as names  # noqa: E402
 
 
 def first_batch():
-    """The first datapoint of the training dataflow of the current config (a batch when N > 1)."""
+    """The first N datapoints of the training dataflow of the current config, padded into one batch
+    by dataflow/batching.py when N > 1 (the small shapes split is read again if it has fewer)."""
     from data import get_train_dataflow
+    from dataflow.batching import AspectRatioGroupedBatches, pad_batch
     dataflow = get_train_dataflow()
-    dataflow.reset_state()
-    return next(iter(dataflow))
+    if not isinstance(dataflow, AspectRatioGroupedBatches):
+        dataflow.reset_state()
+        return next(iter(dataflow))
+    map_step, params = dataflow.ds, dataflow.params
+    map_step.reset_state()
+    datapoints = []
+    while len(datapoints) < params.batch_size:
+        datapoints.extend(map_step)
+    return pad_batch(datapoints[:params.batch_size], params.multiple)
 
 
 def bench(name, overrides, basedir, sizes, repeats, steps):
