@@ -24,6 +24,7 @@ from tensorpack.tfutils import SaverRestore, SmartInit
 from tensorpack.utils import logger
 
 from config import config as cfg, finalize_configs, num_towers, validate_config
+from dataflow.batching import AspectRatioGroupedBatches
 from dataset import register_balloon, register_coco, register_shapes
 from modeling.params import REFERENCE_TOTAL_BATCH
 from utils import checkpoints, failures, fingerprints, horovod_trainer, loss_watchdog, lr_schedule
@@ -93,7 +94,7 @@ def make_callbacks(model, schedule, towers, on_gpu, logdir, rank=None, guard=Non
         PeriodicCallback(saver, every_k_epochs=cfg.TRAIN.CHECKPOINT_PERIOD),
         *lr_schedule.learning_rate_setters(schedule),
         HostMemoryTracker(),
-        ThroughputTracker(samples_per_step=towers),
+        ThroughputTracker(samples_per_step=cfg.derived.images_per_step),   # towers x TRAIN.BATCH_SIZE_PER_GPU
         EstimatedTimeLeft(median=True),
         SessionRunTimeout(60000),   # milliseconds: a hung step fails instead of hanging forever
         loss_watchdog.make_nonfinite_loss_callback(),
@@ -163,8 +164,10 @@ def main(argv=None):
     resume_from = prepare_logdir(args.logdir, args.logdir_action, is_chief)
     schedule = lr_schedule.compute_schedule(
         base_lr=cfg.TRAIN.BASE_LR, warmup_steps=cfg.TRAIN.WARMUP, warmup_init_lr=cfg.TRAIN.WARMUP_INIT_LR,
-        lr_schedule=cfg.derived.lr_schedule, steps_per_epoch=cfg.TRAIN.STEPS_PER_EPOCH, towers=towers)
-    logger.info('Towers: {}, gradient accumulation: {} step(s)'.format(towers, cfg.derived.accumulate_steps))
+        lr_schedule=cfg.derived.lr_schedule, steps_per_epoch=cfg.TRAIN.STEPS_PER_EPOCH,
+        images_per_step=cfg.derived.images_per_step)
+    logger.info('Towers: {}, gradient accumulation: {} step(s), images per tower: {}'.format(
+        towers, cfg.derived.accumulate_steps, cfg.TRAIN.BATCH_SIZE_PER_GPU))
     logger.info('Warm Up Schedule (steps, value): ' + str(schedule.warmup))
     logger.info('LR Schedule (epochs, value): ' + str(schedule.epochs))
     logger.info('Max epoch: {}'.format(schedule.max_epoch))
@@ -185,12 +188,14 @@ def main(argv=None):
     from data import get_train_dataflow
     model = build_model()
     train_dataflow = get_train_dataflow(rank=rank)
+    # TRAIN.BATCH_SIZE_PER_GPU > 1 batches the images of the map step (dataflow/batching.py).
+    map_step = train_dataflow.ds if isinstance(train_dataflow, AspectRatioGroupedBatches) else train_dataflow
     if is_horovod:
         # The roidb source of the map step (MapData or the worker pool) shows which images this rank reads.
-        train_dataflow.ds = fingerprints.LogFirstDatapoints(
-            train_dataflow.ds, lambda roidb: os.path.basename(roidb['file_name']), count=4, rank=rank)
+        map_step.ds = fingerprints.LogFirstDatapoints(
+            map_step.ds, lambda roidb: os.path.basename(roidb['file_name']), count=4, rank=rank)
     total_images = cfg.derived.lr_schedule[-1] * REFERENCE_TOTAL_BATCH
-    logger.info('Total passes over the training set: {:.5g}'.format(total_images / max(train_dataflow.size(), 1)))
+    logger.info('Total passes over the training set: {:.5g}'.format(total_images / max(map_step.size(), 1)))
 
     # tensorpack's input thread only logs a dataflow error; the guard stops training on it.
     recorder = failures.InputFailureRecorder(train_dataflow)

@@ -14,6 +14,7 @@ from tensorpack.dataflow import DataFromList, MapData
 from tensorpack.utils import logger
 
 from dataflow.anchor_targets import AnchorLabelParams
+from dataflow.batching import BatchingParams, add_batching
 from dataflow.image_io import read_image_bgr, recorded_size
 from dataflow.mapper import MapperParams, TrainingMapper, derive_seed
 from utils import tensor_names
@@ -31,7 +32,8 @@ class TrainDataSettings(collections.namedtuple('TrainDataSettings', [
         'num_workers',         # DATA.NUM_WORKERS: 0 maps in this process
         'buffer_per_worker',   # datapoints buffered per worker process
         'mapper',              # MapperParams of the per-image work
-])):
+        'batching',            # BatchingParams of TRAIN.BATCH_SIZE_PER_GPU > 1, or None (one image per tower)
+], defaults=(None,))):
     """Everything the training dataflow reads, as one frozen record."""
 
     __slots__ = ()
@@ -55,7 +57,8 @@ class TrainDataSettings(collections.namedtuple('TrainDataSettings', [
                     batch_per_im=cfg.RPN.BATCH_PER_IM, fg_ratio=cfg.RPN.FG_RATIO,
                     positive_thresh=cfg.RPN.POSITIVE_ANCHOR_THRESH,
                     negative_thresh=cfg.RPN.NEGATIVE_ANCHOR_THRESH,
-                    crowd_overlap_thresh=cfg.RPN.CROWD_OVERLAP_THRESH)))
+                    crowd_overlap_thresh=cfg.RPN.CROWD_OVERLAP_THRESH)),
+            batching=BatchingParams.from_config(cfg))
 
 
 class SeededDataFromList(DataFromList):
@@ -124,8 +127,10 @@ def get_train_dataflow(settings, rank=0):
     if num_workers < 0:
         raise ValueError("DATA.NUM_WORKERS={} must be >= 0".format(num_workers))
     if num_workers == 0:
-        return _MapInProcess(ds, mapper)
-    return _MapInWorkers(ds, num_workers, mapper, buffer_size=num_workers * settings.buffer_per_worker)
+        ds = _MapInProcess(ds, mapper)
+    else:
+        ds = _MapInWorkers(ds, num_workers, mapper, buffer_size=num_workers * settings.buffer_per_worker)
+    return add_batching(ds, settings.batching)   # several images per tower: dataflow/batching.py
 
 
 def image_to_float32(datapoint):

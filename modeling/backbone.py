@@ -229,7 +229,7 @@ def _check_freeze_at(freeze_at):
 
 
 def image_preprocess(image, pixel_mean, pixel_std, data_format):
-    """Normalize one BGR image and add the batch axis.
+    """Normalize one BGR image and add the batch axis (a batch [B, H, W, 3] keeps its own).
 
     image: [H, W, 3] BGR, float32 (other dtypes are cast). pixel_mean, pixel_std: 3 floats in
     RGB order (as in the config). Returns float32 [1, H, W, 3] ('NHWC') or [1, 3, H, W] ('NCHW')
@@ -241,7 +241,8 @@ def image_preprocess(image, pixel_mean, pixel_std, data_format):
         mean_bgr = np.asarray(pixel_mean, dtype=np.float32)[::-1]
         inv_std_bgr = 1.0 / np.asarray(pixel_std, dtype=np.float32)[::-1]
         image = (image - tf.constant(mean_bgr)) * tf.constant(inv_std_bgr)
-        image = tf.expand_dims(image, 0)
+        if image.shape.ndims != 4:
+            image = tf.expand_dims(image, 0)
         if data_format == 'NCHW':
             image = tf.transpose(image, [0, 3, 1, 2])
         return image

@@ -60,6 +60,77 @@ def run_on_nonempty_batch(head, roi_features):
     return head(padded)[:num_rois]
 
 
+def batched_input_specs(specs, batch_size):
+    """The inputs of a training graph of `batch_size` > 1 images per tower from the one-image `specs`.
+
+    Every input gets a leading axis of batch_size (names.IMAGE_VALID_HW and names.GT_COUNTS are
+    added), except the image, whose rank is left open: the inference graph built from these
+    inputs (e.g. by EvalCallback's predictor) feeds one [H, W, 3] image to it.
+    """
+    out = []
+    for spec in specs:
+        if spec.name == names.IMAGE:
+            out.append(tf.TensorSpec(None, spec.dtype, spec.name))
+            out.append(tf.TensorSpec((batch_size, 2), tf.int32, names.IMAGE_VALID_HW))
+            continue
+        out.append(tf.TensorSpec([batch_size] + spec.shape.as_list(), spec.dtype, spec.name))
+        if spec.name == names.GT_LABELS:
+            out.append(tf.TensorSpec((batch_size,), tf.int32, names.GT_COUNTS))
+    return out
+
+
+def valid_pixel_mask(valid_hw, padded_hw, data_format):
+    """float32 [B, Hp, Wp, 1] (NHWC) or [B, 1, Hp, Wp]: 1 inside each image's valid_hw (int32 [B, 2])."""
+    rows = tf.range(padded_hw[0])[None, :] < valid_hw[:, 0:1]     # [B, Hp]
+    cols = tf.range(padded_hw[1])[None, :] < valid_hw[:, 1:2]     # [B, Wp]
+    mask = tf.cast(tf.logical_and(rows[:, :, None], cols[:, None, :]), tf.float32)
+    return tf.expand_dims(mask, 3 if data_format == 'NHWC' else 1)
+
+
+def fit_spatial(x, height_width, pad_value):
+    """x [B, h, w, ...] cut or padded with pad_value at the bottom/right to [B, fH, fW, ...]."""
+    shape = tf.shape(x)
+    extra = tf.maximum(height_width - shape[1:3], 0)
+    paddings = tf.concat([[[0, 0]], tf.stack([tf.zeros([2], tf.int32), extra], axis=1),
+                          tf.zeros([x.shape.ndims - 3, 2], tf.int32)], axis=0)
+    x = tf.pad(x, paddings, constant_values=pad_value)
+    begin = tf.zeros([x.shape.ndims], tf.int32)
+    size = tf.concat([[-1], height_width, -tf.ones([x.shape.ndims - 3], tf.int32)], axis=0)
+    return tf.slice(x, begin, size)
+
+
+def batched_anchors(grid, gt_labels, gt_boxes, height_width):
+    """RPNAnchors of one level for a batch: the grid float32 [fH', fW', A, 4] (numpy) cut to the
+    feature map's [fH, fW]; gt_labels [B, h, w, A] and gt_boxes [B, h, w, A, 4] fitted to it
+    (padded -1 / 0, i.e. ignored, where the dataflow's arrays are smaller than the map)."""
+    size = tf.concat([height_width, [-1, -1]], axis=0)
+    return RPNAnchors(tf.slice(grid, [0, 0, 0, 0], size), fit_spatial(gt_labels, height_width, -1),
+                      fit_spatial(gt_boxes, height_width, 0.))
+
+
+def own_feature_cells(valid_hw, stride, multiple):
+    """int32 [2]: the feature cells at `stride` that image of valid_hw (int32 [2]) has when it is
+    alone, i.e. padded to a multiple of `multiple` (1: not padded)."""
+    padded = (valid_hw + multiple - 1) // multiple * multiple
+    return (padded + stride - 1) // stride
+
+
+def per_image_ground_truth(inputs, batch_size):
+    """The real gt of each image of a batched datapoint.
+
+    Returns (per_image, all_boxes, all_labels, offsets): per_image a list of batch_size (boxes
+    [M_i, 4], labels [M_i]); all_boxes [sum M_i, 4] and all_labels their concatenation in image
+    order; offsets int64 [B], the first row of each image in it.
+    """
+    counts = inputs[names.GT_COUNTS]
+    per_image = [(inputs[names.GT_BOXES][i, :counts[i]], inputs[names.GT_LABELS][i, :counts[i]])
+                 for i in range(batch_size)]
+    all_boxes = tf.concat([boxes for boxes, _ in per_image], axis=0)
+    all_labels = tf.concat([labels for _, labels in per_image], axis=0)
+    offsets = tf.cast(tf.cumsum(counts, exclusive=True), tf.int64)
+    return per_image, all_boxes, all_labels, offsets
+
+
 class GeneralizedRCNN(ModelDesc):
     """What C4 and FPN share: inputs, losses, inference outputs, optimizer.
 
@@ -83,6 +154,11 @@ class GeneralizedRCNN(ModelDesc):
     def _anchor_inputs(self):
         raise NotImplementedError
 
+    @property
+    def batch_size(self):
+        """Training images per tower (TRAIN.BATCH_SIZE_PER_GPU); 1 builds the one-image graph."""
+        return self.params.train.batch_size_per_tower
+
     def inputs(self):
         specs = [tf.TensorSpec((None, None, 3), tf.float32, names.IMAGE)]
         specs.extend(self._anchor_inputs())
@@ -90,6 +166,8 @@ class GeneralizedRCNN(ModelDesc):
                       tf.TensorSpec((None,), tf.int64, names.GT_LABELS)])
         if self.params.mode_mask:
             specs.append(tf.TensorSpec((None, None, None), tf.uint8, names.GT_MASKS_PACKED))
+        if self.batch_size > 1:
+            return batched_input_specs(specs, self.batch_size)
         return specs
 
     def optimizer(self):
@@ -114,6 +192,10 @@ class GeneralizedRCNN(ModelDesc):
 
     def build_graph(self, *inputs):
         inputs = dict(zip(self.input_names, inputs))
+        if self.batch_size > 1:
+            if self.training:
+                return self._build_batched_training_graph(inputs)
+            inputs[names.IMAGE].set_shape([None, None, 3])    # inference stays one image
         image_shape_hw = tf.shape(inputs[names.IMAGE])[:2]
         image = image_preprocess(inputs[names.IMAGE], self.params.pixel_mean, self.params.pixel_std,
                                  self.data_format)
@@ -138,6 +220,44 @@ class GeneralizedRCNN(ModelDesc):
         add_moving_summary(total_cost, wd_cost)
         return total_cost
 
+    def _build_batched_training_graph(self, inputs):
+        """The training graph of batch_size images (NOTES.md, "Several images per tower")."""
+        batch_size, frcnn = self.batch_size, self.params.frcnn
+        image = inputs[names.IMAGE]
+        image.set_shape([batch_size, None, None, 3])
+        valid_hw = inputs[names.IMAGE_VALID_HW]
+        batch_hw = tf.shape(image)[1:3]
+        image = image_preprocess(image, self.params.pixel_mean, self.params.pixel_std, self.data_format)
+        # Zero outside each image after normalizing, as the one-image graph pads its normalized image.
+        image = image * valid_pixel_mask(valid_hw, batch_hw, self.data_format)
+        features = self.backbone(image)
+        image_proposals, rpn_loss_list = self.batched_rpn(features, valid_hw, inputs)
+
+        per_image_gt, gt_boxes, gt_labels, gt_offsets = per_image_ground_truth(inputs, batch_size)
+        gt_masks = None
+        if self.params.mode_mask:
+            counts = inputs[names.GT_COUNTS]
+            packed = tf.concat([inputs[names.GT_MASKS_PACKED][i, :counts[i]] for i in range(batch_size)], axis=0)
+            gt_masks = tf.identity(unpackbits_masks(packed, batch_hw), name='gt_masks')
+        targets = GroundTruth(gt_boxes, gt_labels, gt_masks)
+        gt_areas = area(gt_boxes)
+        add_moving_summary(tf.where(tf.size(gt_areas) > 0, tf.reduce_mean(gt_areas), 0., name='mean_gt_box_area'))
+
+        sampled = []
+        for i, (boxes, (image_gt_boxes, image_gt_labels)) in enumerate(zip(image_proposals, per_image_gt)):
+            sampled.append(sample_fast_rcnn_targets(
+                boxes, image_gt_boxes, image_gt_labels, batch_per_im=frcnn.batch_per_im,
+                fg_ratio=frcnn.fg_ratio, fg_thresh=frcnn.fg_thresh))
+        proposals = BoxProposals(
+            tf.concat([s.boxes for s in sampled], axis=0), tf.concat([s.labels for s in sampled], axis=0),
+            tf.concat([s.fg_inds_wrt_gt + gt_offsets[i] for i, s in enumerate(sampled)], axis=0),
+            tf.concat([tf.fill(tf.shape(s.labels), i) for i, s in enumerate(sampled)], axis=0))
+        head_loss_list = self._roi_head_losses(features, proposals, batch_hw, targets)
+        wd_cost = regularize_cost('.*/W', l2_regularizer(self.params.train.weight_decay), name='wd_cost')
+        total_cost = tf.add_n(rpn_loss_list + head_loss_list + [wd_cost], 'total_cost')
+        add_moving_summary(total_cost, wd_cost)
+        return total_cost
+
     def _check_outputs_exist(self):
         graph = tf.get_default_graph()
         scope = graph.get_name_scope()
@@ -148,6 +268,24 @@ class GeneralizedRCNN(ModelDesc):
             except KeyError:
                 raise KeyError("The inference graph lacks the declared output '{}'".format(full_name)) from None
 
+    def _roi_head_losses(self, features, proposals, image_shape_hw, targets):
+        """Losses of the box (and mask) heads on sampled `proposals` (BoxProposals with targets).
+
+        With several images, the proposals of all images come concatenated with their image_inds,
+        fg_inds_wrt_gt index the concatenated gt of `targets`, and each loss averages over them all.
+        """
+        box_head, mask_roi_features = self.box_head(features, proposals, image_shape_hw, targets)
+        losses = box_head.losses()
+        if self.params.mode_mask:
+            mask_logits = run_on_nonempty_batch(
+                self.mask_head, mask_roi_features.of_sampled_foreground(proposals))
+            target_masks = crop_and_resize(
+                tf.expand_dims(tf.cast(targets.masks, tf.float32), 3), proposals.fg_boxes,
+                proposals.fg_inds_wrt_gt, self.ROI_SIZES.mask_size, 'NHWC', pad_border=False)
+            target_masks = tf.squeeze(target_masks, 3, name='sampled_fg_mask_targets')
+            losses.append(maskrcnn_loss(mask_logits, proposals.fg_labels, target_masks))
+        return losses
+
     def roi_heads(self, features, proposals, image_shape_hw, targets):
         """Box (and mask) heads. Training: returns their losses; inference: creates the outputs."""
         frcnn = self.params.frcnn
@@ -155,19 +293,8 @@ class GeneralizedRCNN(ModelDesc):
             proposals = sample_fast_rcnn_targets(
                 proposals.boxes, targets.boxes, targets.labels, batch_per_im=frcnn.batch_per_im,
                 fg_ratio=frcnn.fg_ratio, fg_thresh=frcnn.fg_thresh)
+            return self._roi_head_losses(features, proposals, image_shape_hw, targets)
         box_head, mask_roi_features = self.box_head(features, proposals, image_shape_hw, targets)
-
-        if self.training:
-            losses = box_head.losses()
-            if self.params.mode_mask:
-                mask_logits = run_on_nonempty_batch(
-                    self.mask_head, mask_roi_features.of_sampled_foreground(proposals))
-                target_masks = crop_and_resize(
-                    tf.expand_dims(tf.cast(targets.masks, tf.float32), 3), proposals.fg_boxes,
-                    proposals.fg_inds_wrt_gt, self.ROI_SIZES.mask_size, 'NHWC', pad_border=False)
-                target_masks = tf.squeeze(target_masks, 3, name='sampled_fg_mask_targets')
-                losses.append(maskrcnn_loss(mask_logits, proposals.fg_labels, target_masks))
-            return losses
 
         all_boxes = clip_boxes(box_head.decoded_output_boxes(), image_shape_hw, name=names.FASTRCNN_ALL_BOXES)
         all_scores = box_head.output_scores(name=names.FASTRCNN_ALL_SCORES)
@@ -222,6 +349,30 @@ class ResNetC4Model(GeneralizedRCNN):
                                 rpn.batch_per_im)
         return BoxProposals(proposal_boxes), losses
 
+    def batched_rpn(self, features, valid_hw, inputs):
+        """The RPN of a batch: (a list of the proposal boxes of each image, [label_loss, box_loss])."""
+        featuremap = features[0]
+        rpn = self.params.rpn
+        label_logits, box_logits = rpn_head('rpn', featuremap, rpn.head_dim, rpn.num_anchors_c4, self.data_format,
+                                            keep_batch=True)
+        map_hw = tf.shape(label_logits)[1:3]
+        anchors = batched_anchors(
+            get_all_anchors(rpn.anchor_stride, rpn.anchor_sizes, rpn.anchor_ratios, self.params.max_size),
+            inputs[names.C4_ANCHOR_LABELS], inputs[names.C4_ANCHOR_BOXES], map_hw)
+        pred_boxes = anchors.decode_logits(box_logits, clip=self.params.decode_clip)  # [B, fH, fW, A, 4]
+        topk = rpn.topk(True)
+        proposals = []
+        for i in range(self.batch_size):
+            cells = tf.minimum(own_feature_cells(valid_hw[i], rpn.anchor_stride, 1), map_hw)
+            boxes, _ = generate_rpn_proposals(
+                tf.reshape(pred_boxes[i, :cells[0], :cells[1]], [-1, 4]),
+                tf.reshape(label_logits[i, :cells[0], :cells[1]], [-1]), valid_hw[i],
+                topk.pre_nms_topk, topk.post_nms_topk, rpn.proposal_nms_thresh, rpn.min_size)
+            proposals.append(boxes)
+        losses = rpn_losses(anchors.gt_labels, anchors.encoded_gt_boxes(), label_logits, box_logits,
+                            self.batch_size * rpn.batch_per_im)
+        return proposals, losses
+
     def _conv5(self, roi_features):
         backbone = self.params.backbone
 
@@ -229,15 +380,15 @@ class ResNetC4Model(GeneralizedRCNN):
             return resnet_conv5(features, backbone.resnet_num_blocks[-1], **backbone.layer_options())
         return run_on_nonempty_batch(conv5, roi_features)
 
-    def _roi_conv5(self, featuremap, boxes):
+    def _roi_conv5(self, featuremap, boxes, box_indices=None):
         """group3 on the 14x14 ROIAlign of `boxes`: [N, 7, 7, 2048] (or NCHW)."""
         rois = roi_align(featuremap, boxes * (1.0 / self.params.rpn.anchor_stride),
-                         self.ROI_SIZES.box_roi_resolution, self.data_format)
+                         self.ROI_SIZES.box_roi_resolution, self.data_format, box_indices)
         return self._conv5(rois)
 
     def box_head(self, features, proposals, image_shape_hw, targets):
         featuremap = features[0]
-        conv5_features = self._roi_conv5(featuremap, proposals.boxes)
+        conv5_features = self._roi_conv5(featuremap, proposals.boxes, proposals.image_inds)
         pooled = GlobalAvgPooling('gap', conv5_features, data_format=self.data_format)
         label_logits, box_logits = fastrcnn_outputs('fastrcnn', pooled, self.params.num_category)
         head = FastRCNNHead(proposals, box_logits, label_logits, targets.boxes if targets else None,
@@ -308,6 +459,39 @@ class ResNetFPNModel(GeneralizedRCNN):
             losses = multilevel_rpn_losses(multilevel_anchors, label_logits, box_logits, rpn.batch_per_im)
         return BoxProposals(proposal_boxes), losses
 
+    def batched_rpn(self, features, valid_hw, inputs):
+        """The RPN of a batch: (a list of the proposal boxes of each image, [label_loss, box_loss])."""
+        rpn, fpn = self.params.rpn, self.params.fpn
+        grids = get_all_anchors_fpn(fpn.anchor_strides, rpn.anchor_sizes, rpn.anchor_ratios, self.params.max_size)
+        multilevel_anchors, label_logits, box_logits, pred_boxes, map_sizes = [], [], [], [], []
+        for level, grid, featuremap in zip(self._levels(), grids, features):
+            level_labels, level_boxes = rpn_head('rpn', featuremap, fpn.num_channel, rpn.num_anchors_fpn,
+                                                 self.data_format, keep_batch=True)
+            map_hw = tf.shape(level_labels)[1:3]
+            with tf.name_scope('FPN_slice_lvl{}'.format(level)):
+                anchors = batched_anchors(grid, inputs[names.fpn_anchor_labels(level)],
+                                          inputs[names.fpn_anchor_boxes(level)], map_hw)
+            multilevel_anchors.append(anchors)
+            label_logits.append(level_labels)
+            box_logits.append(level_boxes)
+            pred_boxes.append(anchors.decode_logits(level_boxes, clip=self.params.decode_clip))
+            map_sizes.append(map_hw)
+        topk = rpn.topk(True)
+        proposals = []
+        for i in range(self.batch_size):
+            # Only the cells the image has when alone: the padding of the batch adds no candidates.
+            cells = [tf.minimum(own_feature_cells(valid_hw[i], stride, fpn.resolution_requirement), map_hw)
+                     for stride, map_hw in zip(fpn.anchor_strides, map_sizes)]
+            boxes, _ = generate_fpn_proposals(
+                [pred[i, :c[0], :c[1]] for pred, c in zip(pred_boxes, cells)],
+                [logits[i, :c[0], :c[1]] for logits, c in zip(label_logits, cells)], valid_hw[i],
+                proposal_mode=fpn.proposal_mode, pre_nms_topk=topk.pre_nms_topk, post_nms_topk=topk.post_nms_topk,
+                per_level_topk=topk.per_level_topk, nms_thresh=rpn.proposal_nms_thresh, min_size=rpn.min_size)
+            proposals.append(boxes)
+        losses = multilevel_rpn_losses(multilevel_anchors, label_logits, box_logits,
+                                       self.batch_size * rpn.batch_per_im)
+        return proposals, losses
+
     def box_head(self, features, proposals, image_shape_hw, targets):
         params, fpn, data_format = self.params, self.params.fpn, self.data_format
         p2345 = features[:4]
@@ -319,8 +503,9 @@ class ResNetFPNModel(GeneralizedRCNN):
                                  data_format=data_format)
             return run_on_nonempty_batch(head, roi_features)
 
-        def roi_func(boxes):
-            return multilevel_roi_align(p2345, boxes, self.ROI_SIZES.box_roi_resolution, data_format)
+        def roi_func(boxes, box_indices=None):
+            return multilevel_roi_align(p2345, boxes, self.ROI_SIZES.box_roi_resolution, data_format,
+                                        box_indices=box_indices)
 
         gt_boxes = targets.boxes if targets else None
         if fpn.cascade:
@@ -330,16 +515,17 @@ class ResNetFPNModel(GeneralizedRCNN):
                 bbox_reg_weights=params.cascade.bbox_reg_weights, decode_clip=params.decode_clip,
                 training=self.training)
         else:
-            head_feature = box_head_func('fastrcnn', roi_func(proposals.boxes))
+            head_feature = box_head_func('fastrcnn', roi_func(proposals.boxes, proposals.image_inds))
             label_logits, box_logits = fastrcnn_outputs('fastrcnn/outputs', head_feature, params.num_category)
             head = FastRCNNHead(proposals, box_logits, label_logits, gt_boxes, params.frcnn.bbox_reg_weights,
                                 params.decode_clip)
 
-        def mask_roi_align(boxes):
+        def mask_roi_align(boxes, box_indices=None):
             return multilevel_roi_align(p2345, boxes, self.ROI_SIZES.mask_roi_resolution, data_format,
-                                        name_scope='multilevel_roi_align_mask')
-        mask_features = MaskRoiFeatures(of_sampled_foreground=lambda sampled: mask_roi_align(sampled.fg_boxes),
-                                        of_detections=mask_roi_align)
+                                        box_indices=box_indices, name_scope='multilevel_roi_align_mask')
+        mask_features = MaskRoiFeatures(
+            of_sampled_foreground=lambda sampled: mask_roi_align(sampled.fg_boxes, sampled.fg_image_inds),
+            of_detections=mask_roi_align)
         return head, mask_features
 
     def mask_head(self, roi_features):

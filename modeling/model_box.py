@@ -188,22 +188,24 @@ def crop_and_resize(image, boxes, box_indices, crop_size, data_format, pad_borde
     return crops
 
 
-def roi_align_nhwc(featuremap, boxes, resolution):
-    """ROIAlign on an NHWC map: featuremap [1, h, w, C], boxes float32 [R, 4] x1y1x2y2 in
-    feature-map pixels -> float32 [R, S, S, C]. Building block of `roi_align` and FPN."""
-    crops = _crop_and_resize_nhwc(
-        featuremap, boxes, tf.zeros(tf.shape(boxes)[:1], dtype=tf.int32), resolution * 2,
-        pad_border=True)
+def roi_align_nhwc(featuremap, boxes, resolution, box_indices=None):
+    """ROIAlign on an NHWC map: featuremap [B, h, w, C], boxes float32 [R, 4] x1y1x2y2 in
+    feature-map pixels -> float32 [R, S, S, C]. Building block of `roi_align` and FPN.
+    box_indices: int32 [R], the image of the batch each box reads; None: all image 0."""
+    if box_indices is None:
+        box_indices = tf.zeros(tf.shape(boxes)[:1], dtype=tf.int32)
+    crops = _crop_and_resize_nhwc(featuremap, boxes, box_indices, resolution * 2, pad_border=True)
     return tf.nn.avg_pool2d(crops, ksize=2, strides=2, padding='VALID', data_format='NHWC')
 
 
 @under_name_scope()
-def roi_align(featuremap, boxes, resolution, data_format):
+def roi_align(featuremap, boxes, resolution, data_format, box_indices=None):
     """ROIAlign with 2 x 2 samples per bin.
 
-    featuremap: float32 [1, h, w, C] (NHWC) or [1, C, h, w] (NCHW).
+    featuremap: float32 [B, h, w, C] (NHWC) or [B, C, h, w] (NCHW); B = 1 unless batched.
     boxes: float32 [R, 4], x1y1x2y2 in feature-map pixels (image boxes / stride).
     resolution: int S, output bins per side.
+    box_indices: int32 [R], the image each box reads (None: image 0, the one-image graph).
     Returns float32 [R, S, S, C] (NHWC) or [R, C, S, S] (NCHW).
     """
     check_data_format(data_format)
@@ -211,7 +213,7 @@ def roi_align(featuremap, boxes, resolution, data_format):
         raise ValueError("resolution must be a python int, got {!r}".format(resolution))
     if data_format == 'NCHW':
         featuremap = tf.transpose(featuremap, [0, 2, 3, 1])
-    rois = roi_align_nhwc(featuremap, boxes, resolution)
+    rois = roi_align_nhwc(featuremap, boxes, resolution, box_indices)
     if data_format == 'NCHW':
         rois = tf.transpose(rois, [0, 3, 1, 2])
     return rois

@@ -109,12 +109,13 @@ def fpn_map_rois_to_levels(boxes):
 
 
 @under_name_scope()
-def multilevel_roi_align(features, boxes, resolution, data_format, strides=ROI_STRIDES):
+def multilevel_roi_align(features, boxes, resolution, data_format, strides=ROI_STRIDES, box_indices=None):
     """ROIAlign of each box on the level `fpn_map_rois_to_levels` gives it.
 
-    features: [p2, p3, p4, p5], float32 [1, hL, wL, C] (NHWC) or [1, C, hL, wL] (NCHW).
+    features: [p2, p3, p4, p5], float32 [B, hL, wL, C] (NHWC) or [B, C, hL, wL] (NCHW).
     boxes: float32 [R, 4], x1y1x2y2 image pixels. resolution: int S.
     strides: feature stride of each of the 4 levels.
+    box_indices: int32 [R], the image of the batch each box reads (None: image 0).
     Returns float32 [R, S, S, C] (NHWC) or [R, C, S, S] (NCHW), in the order of `boxes`.
     """
     if len(features) != 4 or len(strides) != 4:
@@ -123,11 +124,12 @@ def multilevel_roi_align(features, boxes, resolution, data_format, strides=ROI_S
     check_data_format(data_format)
     level_ids, level_boxes = fpn_map_rois_to_levels(boxes)
     all_rois = []
-    for level, level_box, featuremap, stride in zip(ROI_LEVELS, level_boxes, features, strides):
+    for level, ids, level_box, featuremap, stride in zip(ROI_LEVELS, level_ids, level_boxes, features, strides):
         with tf.name_scope('roi_level{}'.format(level)):
             if data_format == 'NCHW':
                 featuremap = tf.transpose(featuremap, [0, 2, 3, 1])
-            all_rois.append(roi_align_nhwc(featuremap, level_box * (1.0 / stride), resolution))
+            level_indices = None if box_indices is None else tf.gather(box_indices, ids)
+            all_rois.append(roi_align_nhwc(featuremap, level_box * (1.0 / stride), resolution, level_indices))
     # Put row i back at boxes[i]: one stitch writes each level's rows in place (a concat in
     # level order followed by a gather with the inverse permutation copied them twice).
     all_rois = tf.dynamic_stitch([tf.cast(ids, tf.int32) for ids in level_ids], all_rois)

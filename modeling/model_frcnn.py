@@ -22,12 +22,13 @@ from .model_box import decode_bbox_target, encode_bbox_target, pairwise_iou
 from .norms import GroupNorm
 
 
-class BoxProposals(namedtuple('_BoxProposals', ['boxes', 'labels', 'fg_inds_wrt_gt'],
-                              defaults=(None, None))):
+class BoxProposals(namedtuple('_BoxProposals', ['boxes', 'labels', 'fg_inds_wrt_gt', 'image_inds'],
+                              defaults=(None, None, None))):
     """Rois and, in training, their targets.
 
     boxes: float32 [N, 4]; labels: int64 [N], 0 = background, 1..K (None at inference);
     fg_inds_wrt_gt: int64 [F], the gt box matched by each foreground roi, in roi order.
+    image_inds: int32 [N], the image of the batch each roi belongs to (None: one image, 0).
     """
 
     @cached_property
@@ -39,6 +40,11 @@ class BoxProposals(namedtuple('_BoxProposals', ['boxes', 'labels', 'fg_inds_wrt_
     def fg_boxes(self):
         """float32 [F, 4]."""
         return tf.gather(self.boxes, self.fg_inds, name='fg_boxes')
+
+    @cached_property
+    def fg_image_inds(self):
+        """int32 [F], the image of each foreground roi (None with one image)."""
+        return None if self.image_inds is None else tf.gather(self.image_inds, self.fg_inds)
 
     @cached_property
     def fg_labels(self):

@@ -20,7 +20,7 @@ _METRIC_THRESHOLDS = (0.5, 0.2, 0.1)
 
 @layer_register(log_shape=True)
 @auto_reuse_variable_scope
-def rpn_head(featuremap, channel, num_anchors, data_format):
+def rpn_head(featuremap, channel, num_anchors, data_format, keep_batch=False):
     """The RPN conv head; calling it again under the same name reuses its variables,
     so one head serves every FPN level.
 
@@ -29,6 +29,8 @@ def rpn_head(featuremap, channel, num_anchors, data_format):
     Returns label_logits float32 [fH, fW, A] and box_logits float32 [fH, fW, A, 4]
     (deltas dx, dy, dw, dh), in that layout whatever the data_format.
     Variables: conv0/{W,b} (3x3), class/{W,b} (1x1, A), box/{W,b} (1x1, 4A).
+    keep_batch: featuremap holds B images; the outputs keep that axis first,
+    [B, fH, fW, A] and [B, fH, fW, A, 4].
     """
     check_data_format(data_format)
     with argscope(Conv2D, data_format=data_format,
@@ -39,9 +41,11 @@ def rpn_head(featuremap, channel, num_anchors, data_format):
     if data_format == 'NCHW':
         label_logits = tf.transpose(label_logits, [0, 2, 3, 1])
         box_logits = tf.transpose(box_logits, [0, 2, 3, 1])
-    label_logits = tf.squeeze(label_logits, 0)   # fH, fW, A
     shape = tf.shape(box_logits)
     # The 4A output channels are anchor-major: channel 4a + k is coordinate k of anchor a.
+    if keep_batch:
+        return label_logits, tf.reshape(box_logits, tf.stack([shape[0], shape[1], shape[2], num_anchors, 4]))
+    label_logits = tf.squeeze(label_logits, 0)   # fH, fW, A
     box_logits = tf.reshape(box_logits, tf.stack([shape[1], shape[2], num_anchors, 4]))
     return label_logits, box_logits
 

@@ -171,6 +171,7 @@ class TrainParams:
     weight_decay: float
     accumulate_steps: int
     amp: bool
+    batch_size_per_tower: int = 1       # images per tower and step (TRAIN.BATCH_SIZE_PER_GPU)
 
 
 # cfg.MODE_FPN -> meta-architecture name (a key of generalized_rcnn.META_ARCHITECTURES).
@@ -263,4 +264,4 @@ class ModelParams:
                 results_per_im=cfg.TEST.RESULTS_PER_IM),
             train=TrainParams(
                 weight_decay=cfg.TRAIN.WEIGHT_DECAY, accumulate_steps=derived.accumulate_steps,
-                amp=bool(cfg.TRAIN.AMP)))
+                amp=bool(cfg.TRAIN.AMP), batch_size_per_tower=cfg.TRAIN.BATCH_SIZE_PER_GPU))

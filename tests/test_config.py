@@ -260,7 +260,8 @@ def test_tower_count_rule_is_for_training_only(registered_split):
     assert derived.num_gpus == 3 and derived.data_format == 'NCHW'
 
 
-@pytest.mark.parametrize('towers, per_tower, accumulate', [(1, 1, 8), (2, 1, 4), (8, 1, 1), (16, 1, 1)])
+@pytest.mark.parametrize('towers, per_tower, accumulate', [(1, 1, 8), (2, 1, 4), (8, 1, 1), (16, 1, 1),
+                                                                (1, 2, 4), (1, 4, 2), (2, 4, 1)])
 def test_accumulation_makes_up_the_reference_batch(registered_split, towers, per_tower, accumulate):
     cfg.update_args(['TRAIN.BATCH_SIZE_PER_GPU={}'.format(per_tower)])
     derived = finalize_configs(is_training=True, devices=Devices(towers, None, 'NCHW'))
@@ -314,7 +315,8 @@ def test_finalize_rejects_mismatched_classes(registered_split):
     (['BACKBONE.DATA_FORMAT=channels_last'], 'DATA_FORMAT'),
     (['TRAIN.ACCUMULATE_STEPS=0'], 'ACCUMULATE_STEPS'),
     (['TRAIN.BATCH_SIZE_PER_GPU=0'], r'TRAIN.BATCH_SIZE_PER_GPU=0 must be >= 1'),
-    (['TRAIN.BATCH_SIZE_PER_GPU=2'], r'TRAIN.BATCH_SIZE_PER_GPU=2: only 1 image per tower is built so far'),
+    (['TRAIN.BATCH_SIZE_PER_GPU=2', 'FPN.CASCADE=True'],
+     r'TRAIN.BATCH_SIZE_PER_GPU=2 with FPN.CASCADE=True: the cascade stages are built for one image'),
     (['TRAIN.BASE_LR=-0.01'], r'TRAIN.BASE_LR=-0.01 must be > 0'),
     (['TRAIN.BASE_LR=0'], r'TRAIN.BASE_LR=0.0 must be > 0'),
     (['TRAIN.STEPS_PER_EPOCH=0'], r'TRAIN.STEPS_PER_EPOCH=0 must be >= 1'),

@@ -291,6 +291,24 @@ def test_syncbn_trains_with_shared_statistics(tmp_path, finished_main_run):
     assert restores and all('[0]<stdout>:' in line for line in restores)
 
 
+@needs_horovod
+def test_two_images_per_rank_keep_the_ranks_identical(tmp_path, data_dir):
+    """TRAIN.BATCH_SIZE_PER_GPU=2 on 2 ranks: 4 images per step (the schedule [1, 1, 1] x 8 / 4 = 2
+    steps, one epoch); the summed gradients leave both ranks with the same variables."""
+    workdir = str(tmp_path / 'batched')
+    os.makedirs(workdir)
+    config = combine_overrides(['DATA.BASEDIR=' + data_dir] + MODEL_CONFIG + TRAIN_CONFIG,
+                               ['TRAIN.BATCH_SIZE_PER_GPU=2', 'DATA.NUM_WORKERS=0', 'TRAIN.STEPS_PER_EPOCH=2',
+                                'TRAIN.LR_SCHEDULE=[1,1,1]', 'TRAIN.EVAL_PERIOD=0', 'TRAIN.CHECKPOINT_PERIOD=100'])
+    returncode, output = horovodrun_train(workdir, os.path.join(workdir, 'train_log'), config)
+    assert returncode == 0, tail(output)
+    assert 'Towers: 2, gradient accumulation: 1 step(s), images per tower: 2' in output
+    losses = monitor_values(output, 'total_cost')
+    assert len(losses) == 1 and all(math.isfinite(v) for v in losses), losses
+    prints = fingerprints(output)
+    assert prints[(0, 'last-epoch-before-broadcast')] == prints[(1, 'last-epoch-before-broadcast')]
+
+
 # config errors (no horovodrun needed) ------------------------------------------------------
 def _fake_horovod(monkeypatch, size, initialized=True):
     hvd = types.ModuleType('horovod.tensorflow')

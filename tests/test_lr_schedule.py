@@ -6,9 +6,9 @@ from utils import lr_schedule
 from utils.tf_compat import tf
 
 
-def _schedule(towers, **overrides):
+def _schedule(images_per_step, **overrides):
     settings = dict(base_lr=0.01, warmup_steps=1000, warmup_init_lr=1e-5,
-                    lr_schedule=[120000, 160000, 180000], steps_per_epoch=500, towers=towers)
+                    lr_schedule=[120000, 160000, 180000], steps_per_epoch=500, images_per_step=images_per_step)
     settings.update(overrides)
     return lr_schedule.compute_schedule(**settings)
 
@@ -103,7 +103,7 @@ def test_every_announced_learning_rate_takes_effect(warmup_steps):
     # warmup 5: it ends exactly where the first decay starts (the same epoch, as in the issue);
     # warmup 7: the first decay falls inside it and scales the rest of the ramp by 0.1.
     schedule = lr_schedule.compute_schedule(base_lr=0.01, warmup_steps=warmup_steps, warmup_init_lr=0.001,
-                                         lr_schedule=[1, 2, 3], steps_per_epoch=5, towers=1)
+                                         lr_schedule=[1, 2, 3], steps_per_epoch=5, images_per_step=1)
     ramp = [0.001 + 0.009 * s / warmup_steps for s in range(warmup_steps)]
     expected = ramp[:5] + [r * 0.1 for r in ramp[5:]]
     expected += [0.001] * (15 - len(expected)) + [0.0001] * 5   # steps 1..20, decayed after steps 5 and 15

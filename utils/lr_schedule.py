@@ -15,13 +15,14 @@ max_epoch: int, the epoch after which training stops.
 """
 
 
-def compute_schedule(*, base_lr, warmup_steps, warmup_init_lr, lr_schedule, steps_per_epoch, towers):
+def compute_schedule(*, base_lr, warmup_steps, warmup_init_lr, lr_schedule, steps_per_epoch, images_per_step):
     """Translate the config's "total batch of 8" schedule into this run's steps and epochs.
 
     `lr_schedule` is [decay1, decay2, ..., last] in steps of a total batch of 8 images. A run
-    with `towers` towers (GPUs or Horovod ranks; 1 on the CPU) takes 8 / towers times as many
-    steps; the decays land on epoch boundaries, as in tensorpack's example. Warmup is counted in
-    this run's own steps and starts lower when more than 8 towers share a step.
+    whose step sees `images_per_step` images (towers, i.e. GPUs or Horovod ranks, 1 on the CPU,
+    times TRAIN.BATCH_SIZE_PER_GPU) takes 8 / images_per_step times as many steps; the decays land
+    on epoch boundaries, as in tensorpack's example. Warmup is counted in this run's own steps and
+    starts lower when more than 8 images share a step.
 
     The learning rate after `s` completed steps is warmup(s) * 0.1^k, where warmup(s) rises
     linearly from the initial rate to `base_lr` over `warmup_steps` (then stays there) and k
@@ -30,13 +31,13 @@ def compute_schedule(*, base_lr, warmup_steps, warmup_init_lr, lr_schedule, step
     scales the rest of the ramp and is a point of the warmup list; the epoch list holds one
     entry per boundary from the end of warmup on. Every listed value takes effect.
     """
-    if towers < 1:
-        raise ValueError('towers must be at least 1, got {}'.format(towers))
+    if images_per_step < 1:
+        raise ValueError('images_per_step must be at least 1, got {}'.format(images_per_step))
     if steps_per_epoch < 1:
         raise ValueError('TRAIN.STEPS_PER_EPOCH={} must be at least 1.'.format(steps_per_epoch))
     if warmup_steps < 0:
         raise ValueError('TRAIN.WARMUP={} must be >= 0.'.format(warmup_steps))
-    factor = float(REFERENCE_TOTAL_BATCH) / towers
+    factor = float(REFERENCE_TOTAL_BATCH) / images_per_step
     init_lr = warmup_init_lr * min(factor, 1.)
     decay_steps = [int(steps * factor // steps_per_epoch) * steps_per_epoch for steps in lr_schedule[:-1]]
 
@@ -57,9 +58,9 @@ def compute_schedule(*, base_lr, warmup_steps, warmup_init_lr, lr_schedule, step
     max_epoch = int(lr_schedule[-1] * factor // steps_per_epoch)
     if max_epoch < 1:
         raise ValueError(
-            'TRAIN.LR_SCHEDULE ends at {} steps (x{:g} for {} tower(s)) which is less than one epoch of '
+            'TRAIN.LR_SCHEDULE ends at {} steps (x{:g} for {} image(s) per step) which is less than one epoch of '
             'TRAIN.STEPS_PER_EPOCH={}; lower STEPS_PER_EPOCH or lengthen the schedule.'
-            .format(lr_schedule[-1], factor, towers, steps_per_epoch))
+            .format(lr_schedule[-1], factor, images_per_step, steps_per_epoch))
     return Schedule(warmup, epochs, max_epoch)
 
 

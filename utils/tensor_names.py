@@ -55,3 +55,12 @@ FASTRCNN_ALL_BOXES = 'fastrcnn_all_boxes'     # float32 [P, K + 1, 4], clipped, 
 # Suffixes draw_visualization_grid (viz.py) looks for among the fetched tensors -------------------
 PROPOSAL_BOXES_SUFFIX = 'proposals/boxes'                        # generate_{rpn,fpn}_proposals/boxes
 PROPOSAL_SCORES_SUFFIXES = ('proposals/probs', 'proposals/scores')
+
+
+# Several images per tower (issue 11: TRAIN.BATCH_SIZE_PER_GPU = N > 1) ----------------------------
+# A batched training datapoint has the inputs above with a leading axis of N, padded to the batch:
+# image [N, Hp, Wp, 3] (0 outside each image), anchor labels [N, fH, fW, A] (padded -1),
+# anchor boxes [N, fH, fW, A, 4] (padded 0), gt_boxes [N, Mmax, 4], gt_labels [N, Mmax] (padded 0),
+# gt_masks_packed [N, Mmax, Hp, ceil(Wp / 8)]; and these two:
+IMAGE_VALID_HW = 'image_valid_hw'   # int32 [N, 2], each image's own resized (h, w)
+GT_COUNTS = 'gt_counts'             # int32 [N], how many of the Mmax gt rows of each image are real

@@ -1,0 +1,92 @@
+"""Several images per tower: training images/second at TRAIN.BATCH_SIZE_PER_GPU = 1, 2, 4, side by
+side in one run, with the ratio to N = 1.
+
+    .venv/bin/python bench/bench_batch.py [--models demo r50-fpn-800] [--sizes 1 2 4] [--repeats 3] [--steps 2]
+
+Models as in bench/bench_amp.py: `demo` is the Makefile's DEMO_CONFIG (256 px), `r50-fpn-800` is
+R50-FPN Mask R-CNN at config.py's defaults at 800 px. Each N trains on one batch of the first N
+images of the real training dataflow (the synthetic shapes set, padded by dataflow/batching.py),
+fed again at every step, so the dataflow is not timed. Repeats interleave the sizes (1, 2, 4, 1,
+2, 4, ...) so that load from other processes falls on all alike; figures are medians.
+"""
+import argparse
+import logging
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+
+from utils.tf_compat import onednn_status, tf  # noqa: E402
+
+from config import combine_overrides  # noqa: E402
+from bench_amp import R50_FPN_800, Runner, configure, demo_config  # noqa: E402
+from utils import tensor_names as names  # noqa: E402
+
+
+def first_batch():
+    """The first N datapoints of the training dataflow of the current config, padded into one batch
+    by dataflow/batching.py when N > 1 (the small shapes split is read again if it has fewer)."""
+    from data import get_train_dataflow
+    from dataflow.batching import AspectRatioGroupedBatches, pad_batch
+    dataflow = get_train_dataflow()
+    if not isinstance(dataflow, AspectRatioGroupedBatches):
+        dataflow.reset_state()
+        return next(iter(dataflow))
+    map_step, params = dataflow.ds, dataflow.params
+    map_step.reset_state()
+    datapoints = []
+    while len(datapoints) < params.batch_size:
+        datapoints.extend(map_step)
+    return pad_batch(datapoints[:params.batch_size], params.multiple)
+
+
+def bench(name, overrides, basedir, sizes, repeats, steps):
+    runners, shapes = {}, {}
+    for size in sizes:
+        batching = ['TRAIN.BATCH_SIZE_PER_GPU={}'.format(size), 'TRAIN.ACCUMULATE_STEPS=1']
+        configure(combine_overrides(overrides, batching), basedir, is_training=True)
+        batch = first_batch()
+        shapes[size] = batch[names.IMAGE].shape
+        runners[size] = Runner(True, False, batch)
+    times = {size: [] for size in sizes}
+    for _ in range(repeats):
+        for size in sizes:
+            times[size].append(runners[size].time(steps))
+    base = None
+    print('{}: training, {} ({} x {} timed steps per N)'.format(name, onednn_status(), repeats, steps))
+    print('  {:>3s} {:>16s} {:>10s} {:>10s} {:>12s}'.format('N', 'input', 's/step', 'images/s', 'ratio to N=1'))
+    for size in sizes:
+        step = float(np.median(times[size]))
+        rate = size / step
+        base = rate if base is None else base
+        shape = shapes[size]
+        print('  {:>3d} {:>16s} {:10.3f} {:10.2f} {:12.2f}   ({})'.format(
+            size, 'x'.join(str(d) for d in shape), step, rate, rate / base, runners[size].describe_last(True)))
+        runners[size].sess.close()
+    sys.stdout.flush()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--models', nargs='+', choices=['demo', 'r50-fpn-800'], default=['demo'])
+    parser.add_argument('--sizes', nargs='+', type=int, default=[1, 2, 4],
+                        help='images per tower; the first is the base')
+    parser.add_argument('--repeats', type=int, default=3, help='interleaved rounds per size')
+    parser.add_argument('--steps', type=int, default=2, help='steps timed per round')
+    args = parser.parse_args()
+    logging.getLogger('tensorpack').setLevel(logging.WARNING)
+    print('TensorFlow {}; {}; {} cores; load average {}'.format(
+        tf.__version__, onednn_status(), os.cpu_count(), ' '.join('{:.2f}'.format(x) for x in os.getloadavg())))
+    with tempfile.TemporaryDirectory(prefix='bench_batch_') as basedir:
+        for name in args.models:
+            overrides = demo_config(basedir) if name == 'demo' else R50_FPN_800
+            bench(name, overrides, basedir, args.sizes, args.repeats, args.steps)
+    print('load average at the end: {}'.format(' '.join('{:.2f}'.format(x) for x in os.getloadavg())))
+
+
+if __name__ == '__main__':
+    main()
