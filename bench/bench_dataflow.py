@@ -38,7 +38,7 @@ from config import config as cfg, finalize_configs, reset_config  # noqa: E402
 from dataflow.build import image_to_float32  # noqa: E402
 from dataset import register_shapes  # noqa: E402
 from utils import tensor_names as names  # noqa: E402
-from utils.np_box_ops import get_all_anchors, get_all_anchors_fpn  # noqa: E402
+from utils.np_box_ops import anchor_grids  # noqa: E402
 
 
 def configure(overrides, basedir, num_workers):
@@ -78,12 +78,8 @@ def dataflow_rate(num_workers, num_images, warmup):
 def canvas_format_bytes(datapoint):
     """Bytes of the image and anchor arrays of `datapoint` in the format before issue 11: a float32
     image and anchor labels (int32) and boxes (float32 x 4) over the whole MAX_SIZE canvas."""
-    if cfg.MODE_FPN:
-        grids = get_all_anchors_fpn(cfg.FPN.ANCHOR_STRIDES, cfg.RPN.ANCHOR_SIZES, cfg.RPN.ANCHOR_RATIOS,
-                                    cfg.derived.max_size)
-    else:
-        grids = [get_all_anchors(cfg.RPN.ANCHOR_STRIDE, cfg.RPN.ANCHOR_SIZES, cfg.RPN.ANCHOR_RATIOS,
-                                 cfg.derived.max_size)]
+    grids = anchor_grids(cfg.MODE_FPN, cfg.RPN.ANCHOR_STRIDE, cfg.FPN.ANCHOR_STRIDES, cfg.RPN.ANCHOR_SIZES,
+                         cfg.RPN.ANCHOR_RATIOS, cfg.derived.max_size)
     return datapoint[names.IMAGE].size * 4 + sum(grid.size // 4 * (4 + 16) for grid in grids)
 
 

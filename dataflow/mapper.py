@@ -21,7 +21,7 @@ from dataflow.image_io import UnreadableImageError, read_image_bgr, recorded_siz
 from dataflow.resize import CustomResize
 from utils import tensor_names
 from utils.np_box_ops import area as np_area
-from utils.np_box_ops import get_all_anchors, get_all_anchors_fpn
+from utils.np_box_ops import anchor_grids
 from utils.workers import WORKER_FAILURE_KEY
 
 __all__ = ['MapperParams', 'derive_seed', 'TrainingMapper']
@@ -126,13 +126,9 @@ class TrainingMapper:
     def _setup(self):
         """The per-process state: anchor grids, per-shape anchor cache, augmentors, random streams."""
         if self._state is None:
-            if self.mode_fpn:
-                grids = get_all_anchors_fpn(self.fpn_anchor_strides, self.anchor_sizes, self.anchor_ratios,
-                                            self.max_size)
-                strides = self.fpn_anchor_strides
-            else:
-                grids = [get_all_anchors(self.anchor_stride, self.anchor_sizes, self.anchor_ratios, self.max_size)]
-                strides = (self.anchor_stride,)
+            strides = self.fpn_anchor_strides if self.mode_fpn else (self.anchor_stride,)
+            grids = anchor_grids(self.mode_fpn, self.anchor_stride, self.fpn_anchor_strides, self.anchor_sizes,
+                                 self.anchor_ratios, self.max_size)
             stream = 0 if self.worker_index is None else self.worker_index + 1
             augment_rng = np.random.RandomState(derive_seed(self.seed, stream, 0))
             resize = CustomResize(self.short_edge_size, self.max_size)

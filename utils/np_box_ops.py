@@ -126,3 +126,14 @@ def get_all_anchors_fpn(strides, sizes, ratios, max_size):
         raise ValueError("FPN needs one anchor size per stride: got strides {} and sizes {}".format(
             tuple(strides), tuple(sizes)))
     return [get_all_anchors(stride, (size,), ratios, max_size) for stride, size in zip(strides, sizes)]
+
+
+def anchor_grids(mode_fpn, anchor_stride, fpn_anchor_strides, sizes, ratios, max_size):
+    """The anchor grids of a model over the MAX_SIZE canvas: one per FPN level, or C4's one.
+
+    mode_fpn: bool; anchor_stride: C4's stride; fpn_anchor_strides: one stride per level.
+    Returns a list of float32 [S_l, S_l, A_l, 4] (see `get_all_anchors`).
+    """
+    if mode_fpn:
+        return get_all_anchors_fpn(fpn_anchor_strides, sizes, ratios, max_size)
+    return [get_all_anchors(anchor_stride, sizes, ratios, max_size)]

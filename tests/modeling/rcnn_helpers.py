@@ -9,7 +9,7 @@ from config import config as cfg, finalize_configs, reset_config
 from data import AnchorLabelParams, anchor_input_entries, get_multilevel_rpn_anchor_input
 from dataset import DatasetRegistry
 from utils import tensor_names as names
-from utils.np_box_ops import get_all_anchors, get_all_anchors_fpn
+from utils.np_box_ops import anchor_grids
 
 TINY_SPLIT = 'tiny_rcnn_test_split'
 TINY_CLASSES = ['BG', 'circle', 'square', 'triangle']
@@ -75,12 +75,8 @@ def synthetic_datapoint(boxes=((20, 30, 70, 90), (80, 40, 120, 100)), labels=Non
     for box, label in zip(boxes, labels):
         image[_box_mask(box, height, width) > 0] = 60 * label + 60
 
-    if cfg.MODE_FPN:
-        grids = get_all_anchors_fpn(cfg.FPN.ANCHOR_STRIDES, cfg.RPN.ANCHOR_SIZES, cfg.RPN.ANCHOR_RATIOS,
-                                    cfg.derived.max_size)
-    else:
-        grids = [get_all_anchors(cfg.RPN.ANCHOR_STRIDE, cfg.RPN.ANCHOR_SIZES, cfg.RPN.ANCHOR_RATIOS,
-                                 cfg.derived.max_size)]
+    grids = anchor_grids(cfg.MODE_FPN, cfg.RPN.ANCHOR_STRIDE, cfg.FPN.ANCHOR_STRIDES, cfg.RPN.ANCHOR_SIZES,
+                         cfg.RPN.ANCHOR_RATIOS, cfg.derived.max_size)
     params = AnchorLabelParams(cfg.RPN.BATCH_PER_IM, cfg.RPN.FG_RATIO, cfg.RPN.POSITIVE_ANCHOR_THRESH,
                                cfg.RPN.NEGATIVE_ANCHOR_THRESH, cfg.RPN.CROWD_OVERLAP_THRESH)
     anchor_inputs = get_multilevel_rpn_anchor_input(shape_hw, boxes, is_crowd, grids, params, rng)
