@@ -1,19 +1,28 @@
 """Several images per tower: training images/second at TRAIN.BATCH_SIZE_PER_GPU = 1, 2, 4, side by
 side in one run, with the ratio to N = 1.
 
-    .venv/bin/python bench/bench_batch.py [--models demo r50-fpn-800] [--sizes 1 2 4] [--repeats 3] [--steps 2]
+    .venv/bin/python bench/bench_batch.py [--models demo r50-fpn-800] [--sizes 1 2 4] [--repeats 3]
+                                          [--steps 2] [--profile 2]
 
 Models as in bench/bench_amp.py: `demo` is the Makefile's DEMO_CONFIG (256 px), `r50-fpn-800` is
 R50-FPN Mask R-CNN at config.py's defaults at 800 px. Each N trains on one batch of the first N
 images of the real training dataflow (the synthetic shapes set, padded by dataflow/batching.py),
 fed again at every step, so the dataflow is not timed. Repeats interleave the sizes (1, 2, 4, 1,
 2, 4, ...) so that load from other processes falls on all alike; figures are medians.
+
+`--profile` also traces a few steps per N (RunOptions FULL_TRACE) and prints where the CPU time
+goes: the summed run time of all ops per image, the part of it that is per step whatever N (the
+momentum update and the weight decay), how many cores that keeps busy (op time / wall time), and
+the ratio a batch could reach at most if it only shared that per-step part (op time per image
+summed, not wall time, is what a load from other processes barely moves).
 """
 import argparse
+import collections
 import logging
 import os
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -44,7 +53,47 @@ def first_batch():
     return pad_batch(datapoints[:params.batch_size], params.multiple)
 
 
-def bench(name, overrides, basedir, sizes, repeats, steps):
+def is_per_step_op(node_name):
+    """Whether an op belongs to the work done once per step whatever the batch: the momentum update
+    and the weight-decay term with its gradient."""
+    return node_name.startswith('Momentum') or 'wd_cost' in node_name
+
+
+def trace(runner, steps):
+    """(wall s/step, op ms/step, per-step op ms/step, ops/step) over `steps` traced steps."""
+    options = tf.RunOptions(trace_level=tf.RunOptions.FULL_TRACE)
+    totals = collections.Counter()
+    for _ in range(steps):
+        metadata = tf.RunMetadata()
+        start = time.perf_counter()
+        runner.sess.run(runner.fetches, runner.feed, options=options, run_metadata=metadata)
+        totals['wall'] += time.perf_counter() - start
+        for device in metadata.step_stats.dev_stats:
+            for node in device.node_stats:
+                totals['op'] += node.all_end_rel_micros / 1e3
+                totals['ops'] += 1
+                if is_per_step_op(node.node_name):
+                    totals['per_step'] += node.all_end_rel_micros / 1e3
+    return tuple(totals[key] / steps for key in ('wall', 'op', 'per_step', 'ops'))
+
+
+def print_profile(sizes, runners, steps):
+    print('  where the CPU time goes ({} traced steps per N; op time summed over threads):'.format(steps))
+    print('  {:>3s} {:>12s} {:>14s} {:>11s} {:>8s} {:>18s}'.format(
+        'N', 'op ms/image', 'per-step ms', 'cores busy', 'ops', 'bound on ratio'))
+    base = None
+    for size in sizes:
+        wall, op_ms, per_step_ms, ops = trace(runners[size], steps)
+        if base is None:
+            base = (op_ms, per_step_ms)
+        # If the batch shared only the per-step work and every image cost what it costs alone:
+        base_op, base_fixed = base
+        bound = base_op / (base_op - base_fixed + base_fixed / size)
+        print('  {:>3d} {:12.1f} {:14.1f} {:11.2f} {:8.0f} {:18.2f}'.format(
+            size, op_ms / size, per_step_ms, op_ms / 1e3 / wall, ops, bound))
+
+
+def bench(name, overrides, basedir, sizes, repeats, steps, profile_steps=0):
     runners, shapes = {}, {}
     for size in sizes:
         batching = ['TRAIN.BATCH_SIZE_PER_GPU={}'.format(size), 'TRAIN.ACCUMULATE_STEPS=1']
@@ -53,20 +102,30 @@ def bench(name, overrides, basedir, sizes, repeats, steps):
         shapes[size] = batch[names.IMAGE].shape
         runners[size] = Runner(True, False, batch)
     times = {size: [] for size in sizes}
+    cpu_times = {size: [] for size in sizes}
     for _ in range(repeats):
         for size in sizes:
+            cpu_start = time.process_time()
             times[size].append(runners[size].time(steps))
+            cpu_times[size].append((time.process_time() - cpu_start) / steps)
     base = None
     print('{}: training, {} ({} x {} timed steps per N)'.format(name, onednn_status(), repeats, steps))
-    print('  {:>3s} {:>16s} {:>10s} {:>10s} {:>12s}'.format('N', 'input', 's/step', 'images/s', 'ratio to N=1'))
+    print('  {:>3s} {:>16s} {:>10s} {:>10s} {:>12s} {:>15s}'.format(
+        'N', 'input', 's/step', 'images/s', 'ratio to N=1', 'CPU s/image'))
     for size in sizes:
         step = float(np.median(times[size]))
         rate = size / step
         base = rate if base is None else base
         shape = shapes[size]
-        print('  {:>3d} {:>16s} {:10.3f} {:10.2f} {:12.2f}   ({})'.format(
-            size, 'x'.join(str(d) for d in shape), step, rate, rate / base, runners[size].describe_last(True)))
-        runners[size].sess.close()
+        # CPU seconds of this process (all its threads) per image: what a batch would have to lower
+        # once every core is busy.
+        print('  {:>3d} {:>16s} {:10.3f} {:10.2f} {:12.2f} {:15.3f}   ({})'.format(
+            size, 'x'.join(str(d) for d in shape), step, rate, rate / base, np.median(cpu_times[size]) / size,
+            runners[size].describe_last(True)))
+    if profile_steps:
+        print_profile(sizes, runners, profile_steps)
+    for runner in runners.values():
+        runner.sess.close()
     sys.stdout.flush()
 
 
@@ -77,6 +136,8 @@ def main():
                         help='images per tower; the first is the base')
     parser.add_argument('--repeats', type=int, default=3, help='interleaved rounds per size')
     parser.add_argument('--steps', type=int, default=2, help='steps timed per round')
+    parser.add_argument('--profile', type=int, default=0, metavar='STEPS',
+                        help='also trace STEPS steps per N and print where the CPU time goes')
     args = parser.parse_args()
     logging.getLogger('tensorpack').setLevel(logging.WARNING)
     print('TensorFlow {}; {}; {} cores; load average {}'.format(
@@ -84,7 +145,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix='bench_batch_') as basedir:
         for name in args.models:
             overrides = demo_config(basedir) if name == 'demo' else R50_FPN_800
-            bench(name, overrides, basedir, args.sizes, args.repeats, args.steps)
+            bench(name, overrides, basedir, args.sizes, args.repeats, args.steps, args.profile)
     print('load average at the end: {}'.format(' '.join('{:.2f}'.format(x) for x in os.getloadavg())))
 
 
