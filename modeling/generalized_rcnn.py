@@ -195,7 +195,9 @@ class GeneralizedRCNN(ModelDesc):
         if self.batch_size > 1:
             if self.training:
                 return self._build_batched_training_graph(inputs)
-            inputs[names.IMAGE].set_shape([None, None, 3])    # inference stays one image
+            # Inference stays one image. Not set_shape: the input may be the very placeholder that
+            # tensorpack's QueueInput feeds batches through (EvalCallback's predictor reuses it by name).
+            inputs[names.IMAGE] = tf.ensure_shape(inputs[names.IMAGE], [None, None, 3])
         image_shape_hw = tf.shape(inputs[names.IMAGE])[:2]
         image = image_preprocess(inputs[names.IMAGE], self.params.pixel_mean, self.params.pixel_std,
                                  self.data_format)
@@ -223,8 +225,7 @@ class GeneralizedRCNN(ModelDesc):
     def _build_batched_training_graph(self, inputs):
         """The training graph of batch_size images (NOTES.md, "Several images per tower")."""
         batch_size, frcnn = self.batch_size, self.params.frcnn
-        image = inputs[names.IMAGE]
-        image.set_shape([batch_size, None, None, 3])
+        image = tf.ensure_shape(inputs[names.IMAGE], [batch_size, None, None, 3])   # see build_graph
         valid_hw = inputs[names.IMAGE_VALID_HW]
         batch_hw = tf.shape(image)[1:3]
         image = image_preprocess(image, self.params.pixel_mean, self.params.pixel_std, self.data_format)

@@ -170,6 +170,32 @@ def test_amp_checkpoint_variables_are_float32(amp_trained):
     assert set(not_float32) <= {'global_step'}, not_float32
 
 
+def test_amp_training_with_two_images_per_tower():
+    """TRAIN.AMP=True with TRAIN.BATCH_SIZE_PER_GPU=2 (the batched graph, two images of different
+    padded sizes): a few steps with finite losses, computed through the bfloat16 rewrite."""
+    if AMP_REASON is not None:
+        return expect_amp_error('TRAIN.AMP')
+    from dataflow.batching import pad_batch
+    helpers.configure('TRAIN.AMP=True', 'TRAIN.BATCH_SIZE_PER_GPU=2')
+    batch = pad_batch([helpers.synthetic_datapoint(),
+                       helpers.synthetic_datapoint(boxes=((10, 12, 60, 50),), shape_hw=(96, 128), seed=3)],
+                      cfg.FPN.RESOLUTION_REQUIREMENT)
+    with tf.Graph().as_default():
+        tf.set_random_seed(1)
+        inputs, _, train_op = helpers.build_training_graph(helpers.build_model())
+        losses = helpers.loss_tensors()
+        with tf.Session(config=tf_compat.session_config(amp=cfg.TRAIN.AMP)) as sess:
+            sess.run(tf.global_variables_initializer())
+            (first, _), run_metadata = run_with_metadata(sess, [losses, train_op], helpers.feed(inputs, batch))
+            history = [first] + [sess.run([losses, train_op], helpers.feed(inputs, batch))[0] for _ in range(2)]
+    for values in history:
+        assert all(np.isfinite(v) for v in values.values()), values
+    ops = bfloat16_ops(run_metadata)
+    assert ops.get('Cast', 0) > 0, ops
+    assert any('Conv2D' in op and 'Backprop' not in op for op in ops), ops
+    assert any('MatMul' in op for op in ops), ops
+
+
 # inference -------------------------------------------------------------------------------
 def test_test_amp_detections_close_to_float32(amp_trained):
     """The AMP-trained checkpoint loads into a float32 predictor and into a TEST.AMP one; their

@@ -275,6 +275,25 @@ def test_an_explicit_accumulation_lifts_the_reference_batch_rule(registered_spli
     assert derived.images_per_step == 3 and derived.accumulate_steps == 3
 
 
+def test_two_images_per_tower_count_the_schedule_in_steps_of_8_images(registered_split):
+    """1 tower x TRAIN.BATCH_SIZE_PER_GPU=2: 4 accumulated steps per update, and the schedule train.py
+    computes from the derived values takes 8 / 2 = 4 steps per step of 8 images: decays after
+    60 x 4 = 240 and 80 x 4 = 320 steps (epochs 24 and 32 of 10 steps), end after 90 x 4 = 360 steps of
+    2 images = 720 images = 90 updates of 8, as LR_SCHEDULE says."""
+    from utils import lr_schedule
+    cfg.update_args(['TRAIN.BATCH_SIZE_PER_GPU=2', 'TRAIN.LR_SCHEDULE=[60,80,90]', 'TRAIN.STEPS_PER_EPOCH=10',
+                     'TRAIN.WARMUP=20'])
+    derived = finalize_configs(is_training=True, devices=CPU)
+    assert (derived.images_per_step, derived.accumulate_steps) == (2, 4)
+    schedule = lr_schedule.compute_schedule(
+        base_lr=cfg.TRAIN.BASE_LR, warmup_steps=cfg.TRAIN.WARMUP, warmup_init_lr=cfg.TRAIN.WARMUP_INIT_LR,
+        lr_schedule=derived.lr_schedule, steps_per_epoch=cfg.TRAIN.STEPS_PER_EPOCH,
+        images_per_step=derived.images_per_step)
+    assert [epoch for epoch, _ in schedule.epochs] == [2, 24, 32] and schedule.max_epoch == 36
+    steps = schedule.max_epoch * cfg.TRAIN.STEPS_PER_EPOCH
+    assert steps * derived.images_per_step == 720 and steps // derived.accumulate_steps == 90
+
+
 def test_two_configs_live_in_one_process(registered_split):
     other = config_module.new_config()
     other.update_args(["DATA.TRAIN=('cfgtest_train',)", "DATA.VAL=('cfgtest_val',)", 'MODE_FPN=False',

@@ -283,20 +283,80 @@ def test_training_on_images_without_objects(tmp_path, onednn):
     assert len(stats) == 2 and all(np.isfinite(epoch['total_cost']) for epoch in stats)
 
 
-def test_training_with_two_images_per_tower(tmp_path):
-    """TRAIN.BATCH_SIZE_PER_GPU=2 through train.py: batched steps with finite losses and a checkpoint.
-    The schedule counts 8-image steps: [1, 1, 2] is 2 x 8 / 2 = 8 steps of 2 images, 2 epochs of 4."""
-    basedir = str(tmp_path / 'shapes')
+# TRAIN.BATCH_SIZE_PER_GPU=2 with the accumulation it implies: 1 tower x 2 images x 4 steps = 8 images per
+# update. The schedule counts 8-image steps: [1, 1, 2] is 2 x 8 / 2 = 8 steps of 2 images, 2 epochs of 4,
+# i.e. 2 updates. A checkpoint after each epoch; one evaluation, at the end.
+TWO_PER_TOWER_STEPS_PER_EPOCH = 4
+TWO_PER_TOWER = combine_overrides(TINY_MODEL, [
+    'TRAIN.BATCH_SIZE_PER_GPU=2', 'TRAIN.ACCUMULATE_STEPS=None', 'PREPROC.TRAIN_SHORT_EDGE_SIZE=[96,128]',
+    'PREPROC.MAX_SIZE=128', 'TRAIN.STEPS_PER_EPOCH={}'.format(TWO_PER_TOWER_STEPS_PER_EPOCH),
+    'TRAIN.LR_SCHEDULE=[1,1,2]', 'TRAIN.WARMUP=2', 'TRAIN.CHECKPOINT_PERIOD=1', 'TRAIN.EVAL_PERIOD=2'])
+
+
+@pytest.fixture(scope='module')
+def trained_two_per_tower(tmp_path_factory):
+    basedir = str(tmp_path_factory.mktemp('shapes_small'))
     run_script(['-m', 'dataset.shapes', basedir, '--num-train', '8', '--num-val', '2', '--size', '128'])
-    logdir = str(tmp_path / 'train_log')
-    config = combine_overrides(TINY_MODEL, ['DATA.BASEDIR=' + basedir, 'TRAIN.BATCH_SIZE_PER_GPU=2',
-                                            'PREPROC.TRAIN_SHORT_EDGE_SIZE=[96,128]', 'PREPROC.MAX_SIZE=128',
-                                            'TRAIN.STEPS_PER_EPOCH=4', 'TRAIN.LR_SCHEDULE=[1,1,2]', 'TRAIN.WARMUP=2',
-                                            'TRAIN.CHECKPOINT_PERIOD=2'])
+    logdir = str(tmp_path_factory.mktemp('logs') / 'two_per_tower')
+    config = TWO_PER_TOWER + ['DATA.BASEDIR=' + basedir]
     proc = run_script(['train.py', '--logdir', logdir, '--config'] + config)
-    assert 'step(s), images per tower: 2' in proc.stdout and 'Max epoch: 2' in proc.stdout
     with open(os.path.join(logdir, 'stats.json')) as f:
         stats = json.load(f)
+    return dict(logdir=logdir, config=config, log=proc.stdout, stats=stats)
+
+
+def _accumulation_counter(prefix):
+    """The AccumGrad/counter of checkpoint `prefix`: the steps accumulated since the start."""
+    from utils.tf_compat import tf
+    return int(tf.train.NewCheckpointReader(prefix).get_tensor('AccumGrad/counter'))
+
+
+def test_training_with_two_images_per_tower(trained_two_per_tower):
+    """TRAIN.BATCH_SIZE_PER_GPU=2 through train.py: batched steps with finite losses, 4 accumulated
+    steps per update, and a checkpoint per epoch."""
+    log, stats = trained_two_per_tower['log'], trained_two_per_tower['stats']
+    assert 'gradient accumulation: 4 step(s), images per tower: 2' in log and 'Max epoch: 2' in log
     assert len(stats) == 2 and all(np.isfinite(epoch['total_cost']) for epoch in stats)
-    assert stats[-1]['global_step'] == 8
-    assert os.path.exists(os.path.join(logdir, 'checkpoint'))
+    assert [epoch['global_step'] for epoch in stats] == [4, 8]
+    from utils.checkpoints import latest_complete_checkpoint
+    assert _accumulation_counter(latest_complete_checkpoint(trained_two_per_tower['logdir'])) == 8
+
+
+def test_evaluation_during_training_with_two_images_per_tower(trained_two_per_tower):
+    """TRAIN.EVAL_PERIOD=2 of 2 epochs: EvalCallback's predictor (the one-image inference graph of the
+    batched model) evaluates once, after the last epoch, and its mAP goes to the statistics."""
+    log, stats = trained_two_per_tower['log'], trained_two_per_tower['stats']
+    assert log.count('Running evaluation on shapes_val') == 1
+    assert 'shapes_val-mAP(bbox)/IoU=0.5' not in stats[0]
+    for key in ('shapes_val-mAP(bbox)/IoU=0.5', 'shapes_val-mAP(segm)/IoU=0.5'):
+        assert 0. <= stats[1][key] <= 1., stats[1]
+    assert os.path.isfile(os.path.join(trained_two_per_tower['logdir'], 'shapes_val-outputs8.json'))
+
+
+def test_resume_with_two_images_per_tower(trained_two_per_tower, tmp_path):
+    """A run stopped after epoch 1 (its checkpoint model-4 and statistics only) resumes from it: epoch 2
+    runs steps 5-8 at the learning rate of the uninterrupted run, and the accumulation counter goes on
+    from 4 (restored, not restarted), so the update still falls on step 8."""
+    logdir = str(tmp_path / 'resumed')
+    shutil.copytree(trained_two_per_tower['logdir'], logdir)
+    for name in os.listdir(logdir):
+        if name.startswith('model-8.'):
+            os.remove(os.path.join(logdir, name))
+    with open(os.path.join(logdir, 'stats.json'), 'w') as f:
+        json.dump(trained_two_per_tower['stats'][:1], f)
+
+    config = combine_overrides(trained_two_per_tower['config'], ['TRAIN.EVAL_PERIOD=0'])   # tested above
+    proc = run_script(['train.py', '--logdir', logdir, '--config'] + config)
+    assert 'model-4' in re.search(r'Resuming from (\S+)', proc.stdout).group(1)
+    assert 'continuing with epoch 2' in proc.stdout
+    assert 'Epoch 2 (global_step 8) finished' in proc.stdout
+
+    from utils.checkpoints import checkpoint_global_step, latest_complete_checkpoint
+    newest = latest_complete_checkpoint(logdir)
+    assert newest.endswith('model-8') and checkpoint_global_step(newest) == 8
+    assert _accumulation_counter(newest) == 8
+    with open(os.path.join(logdir, 'stats.json')) as f:
+        stats = json.load(f)
+    assert [epoch['global_step'] for epoch in stats] == [4, 8]
+    assert np.isfinite(stats[1]['total_cost'])
+    assert stats[1]['learning_rate'] == pytest.approx(trained_two_per_tower['stats'][1]['learning_rate'])

@@ -293,19 +293,24 @@ def test_syncbn_trains_with_shared_statistics(tmp_path, finished_main_run):
 
 @needs_horovod
 def test_two_images_per_rank_keep_the_ranks_identical(tmp_path, data_dir):
-    """TRAIN.BATCH_SIZE_PER_GPU=2 on 2 ranks: 4 images per step (the schedule [1, 1, 1] x 8 / 4 = 2
-    steps, one epoch); the summed gradients leave both ranks with the same variables."""
+    """TRAIN.BATCH_SIZE_PER_GPU=2 on 2 ranks with SyncBN and the default accumulation: 2 ranks x 2 images
+    x 2 steps = 8 images per update (the schedule [1, 1, 1] x 8 / 4 = 2 steps, one epoch, one update).
+    The summed gradients and the all-reduced BatchNorm statistics of each 2-image batch leave both
+    ranks with the same variables, BatchNorm moving averages included, though they read different images."""
     workdir = str(tmp_path / 'batched')
     os.makedirs(workdir)
     config = combine_overrides(['DATA.BASEDIR=' + data_dir] + MODEL_CONFIG + TRAIN_CONFIG,
-                               ['TRAIN.BATCH_SIZE_PER_GPU=2', 'DATA.NUM_WORKERS=0', 'TRAIN.STEPS_PER_EPOCH=2',
-                                'TRAIN.LR_SCHEDULE=[1,1,1]', 'TRAIN.EVAL_PERIOD=0', 'TRAIN.CHECKPOINT_PERIOD=100'])
+                               ['TRAIN.BATCH_SIZE_PER_GPU=2', 'BACKBONE.NORM=SyncBN', 'TRAIN.ACCUMULATE_STEPS=None',
+                                'DATA.NUM_WORKERS=0', 'TRAIN.STEPS_PER_EPOCH=2', 'TRAIN.LR_SCHEDULE=[1,1,1]',
+                                'TRAIN.EVAL_PERIOD=0', 'TRAIN.CHECKPOINT_PERIOD=100'])
     returncode, output = horovodrun_train(workdir, os.path.join(workdir, 'train_log'), config)
     assert returncode == 0, tail(output)
-    assert 'Towers: 2, gradient accumulation: 1 step(s), images per tower: 2' in output
+    assert 'Towers: 2, gradient accumulation: 2 step(s), images per tower: 2' in output
     losses = monitor_values(output, 'total_cost')
     assert len(losses) == 1 and all(math.isfinite(v) for v in losses), losses
+    assert first_images(output)[0] != first_images(output)[1]
     prints = fingerprints(output)
+    assert prints[(0, 'after-init-before-broadcast')] != prints[(1, 'after-init-before-broadcast')]
     assert prints[(0, 'last-epoch-before-broadcast')] == prints[(1, 'last-epoch-before-broadcast')]
 
 

@@ -213,3 +213,119 @@ def test_batched_model_builds_the_one_image_inference_graph():
     image = helpers.synthetic_datapoint(shape_hw=(128, 160))[names.IMAGE]
     outputs, _ = helpers.run_inference(image)
     assert outputs[names.OUTPUT_BOXES].shape[1] == 4
+    # The placeholder keeps its open rank: tensorpack's QueueInput feeds training batches through the
+    # same `image` placeholder that EvalCallback's predictor reuses.
+    with tf.Graph().as_default():
+        inputs = helpers.build_inference_graph(helpers.build_model())
+        assert inputs[names.IMAGE].shape.rank is None
+
+
+def _configure_two_per_tower(*overrides):
+    helpers.configure('TRAIN.BATCH_SIZE_PER_GPU=2', *overrides)
+
+
+def _training_graph():
+    """The training graph of the current config in the default graph: (inputs, named losses, train_op),
+    the optimizer being the model's own (tensorpack builds it the same way)."""
+    tf.set_random_seed(1)
+    inputs, _, train_op = helpers.build_training_graph(helpers.build_model())
+    return inputs, helpers.loss_tensors(), train_op
+
+
+# Two images that pad to one 128 x 160 batch: the second one's batch padding goes beyond its own.
+SIZES = [dict(IMAGES[0]), dict(boxes=((10, 12, 60, 50),), shape_hw=(96, 128), seed=3)]
+
+
+def test_batch_statistics_of_syncbn_are_over_the_whole_padded_batch():
+    """BACKBONE.NORM=SyncBN on one tower (TRAINER=replicated: tensorpack's NCCL path falls back to the
+    tower's own statistics; Horovod ranks average these): conv0's BatchNorm moves its moving mean and
+    variance (momentum 0.9, from 0 and 1) by the mean and variance over all N x Hp x Wp positions of
+    its input, the padding of the smaller image included."""
+    _configure_two_per_tower('BACKBONE.NORM=SyncBN')
+    batch = _batch([helpers.synthetic_datapoint(**kwargs) for kwargs in SIZES])
+    with tf.Graph().as_default():
+        inputs, losses, train_op = _training_graph()
+        graph = tf.get_default_graph()
+        conv0 = graph.get_tensor_by_name('conv0/Conv2D:0')    # the BatchNorm's input
+        moving = {name: v for v in tf.global_variables() for name in ('mean', 'variance')
+                  if v.op.name == 'conv0/bn/{}/EMA'.format(name)}
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            values, features, _ = sess.run([losses, conv0, train_op], helpers.feed(inputs, batch))
+            moved = sess.run(moving)
+    assert all(np.isfinite(v) for v in values.values()), values
+    assert features.shape[:3] == (2, 64, 80)              # 128 x 160 at stride 2
+    features = features.astype(np.float64)
+    np.testing.assert_allclose(moved['mean'], 0.1 * features.mean(axis=(0, 1, 2)), atol=2e-5)
+    np.testing.assert_allclose(moved['variance'], 0.9 + 0.1 * features.var(axis=(0, 1, 2)), rtol=1e-4)
+    # Not the valid pixels only: the 96 x 128 image has 48 x 64 cells of its own.
+    valid = np.concatenate([features[0].reshape(-1, 64), features[1, :48, :64].reshape(-1, 64)]).mean(axis=0)
+    assert np.abs(moved['mean'] - 0.1 * valid).max() > 1e-3
+
+
+def test_group_norm_keeps_the_images_of_a_batch_apart():
+    """BACKBONE.NORM=GN, FPN.NORM=GN: the losses of a batch of two are finite, and an image's normalized
+    features do not depend on the other image of its batch (statistics are per image). Training steps
+    of this model with two images per tower: tests/test_end_to_end.py."""
+    _configure_two_per_tower('BACKBONE.NORM=GN', 'FPN.NORM=GN')
+    first = helpers.synthetic_datapoint(**SIZES[0])
+    batches = [_batch([first, helpers.synthetic_datapoint(**dict(SIZES[1], seed=seed))]) for seed in (3, 4)]
+    with tf.Graph().as_default():
+        model = helpers.build_model()
+        inputs = helpers.placeholders(model)
+        with TowerContext('', is_training=True):
+            model.build_graph(*[inputs[name] for name in model.input_names])
+        losses = helpers.loss_tensors()
+        normalized = tf.get_default_graph().get_tensor_by_name('group0/block0/conv1/gn/output:0')
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            runs = [sess.run([normalized, losses], helpers.feed(inputs, batch)) for batch in batches]
+    for _, values in runs:
+        assert all(np.isfinite(v) for v in values.values()), values
+    (features, _), (other_features, _) = runs
+    np.testing.assert_allclose(features[0], other_features[0], atol=1e-5)
+    assert np.abs(features[1] - other_features[1]).max() > 0.1     # the second images differ
+
+
+def test_accumulation_applies_the_sum_of_four_batches_of_two():
+    """1 tower x 2 images x 4 accumulation steps = 8 images per update, TRAIN.ACCUMULATE_STEPS unset.
+    With the model's optimizer (momentum 0.9, learning rate / 8), steps 1-3 leave the variables as
+    they are and step 4 moves them by -lr / 8 x (g1 + g2 + g3 + g4), the gradients of the four
+    batches at those unchanged variables (momentum's first update is the gradient itself). Sampling
+    keeps every roi, so a batch's gradient is the same in each run. FreezeBN (the default): the
+    moving statistics stay as they are."""
+    _configure_two_per_tower(*KEEP_ALL, 'TRAIN.ACCUMULATE_STEPS=None')
+    assert (cfg.derived.images_per_step, cfg.derived.accumulate_steps) == (2, 4)
+    batches = [_batch([helpers.synthetic_datapoint(**dict(IMAGES[0], seed=2 * k)),
+                       helpers.synthetic_datapoint(**dict(IMAGES[1], seed=2 * k + 1))]) for k in range(4)]
+    # Large, so that the smallest move (a backbone conv, ~1e-5 of weights ~0.4 at lr 0.8) stands well
+    # above float32's resolution of the weights.
+    learning_rate = 80.
+    with tf.Graph().as_default():
+        inputs, losses, train_op = _training_graph()
+        variables = _model_variables()
+        wanted = [variables[name] for name in GRADIENT_VARIABLES]
+        gradients = tf.gradients(losses['total_cost'], wanted)
+        watched = wanted + [variables['conv0/bn/mean/EMA'], variables['conv0/bn/variance/EMA']]
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            [lr] = [v for v in tf.global_variables() if v.op.name == 'learning_rate']
+            lr.load(learning_rate, sess)
+            before = sess.run(watched)
+            summed = [np.zeros(v.shape, np.float64) for v in before[:len(wanted)]]
+            for step, batch in enumerate(batches, 1):
+                feed = helpers.feed(inputs, batch)
+                for total, grad in zip(summed, sess.run(gradients, feed)):
+                    total += grad
+                sess.run(train_op, feed)
+                after = sess.run(watched)
+                if step < 4:
+                    assert all(np.array_equal(a, b) for a, b in zip(after, before)), step
+    for name, start, end, total in zip(GRADIENT_VARIABLES, before, after, summed):
+        moved = end.astype(np.float64) - start
+        want = -learning_rate / 8 * total
+        scale = np.abs(want).max()
+        assert scale > 0, name
+        np.testing.assert_allclose(moved / scale, want / scale, atol=1e-4, err_msg=name)
+    for start, end in zip(before[len(wanted):], after[len(wanted):]):
+        np.testing.assert_array_equal(start, end)
