@@ -10,11 +10,14 @@ images of the real training dataflow (the synthetic shapes set, padded by datafl
 fed again at every step, so the dataflow is not timed. Repeats interleave the sizes (1, 2, 4, 1,
 2, 4, ...) so that load from other processes falls on all alike; figures are medians.
 
-`--profile` also traces a few steps per N (RunOptions FULL_TRACE) and prints where the CPU time
-goes: the summed run time of all ops per image, the part of it that is per step whatever N (the
-momentum update and the weight decay), how many cores that keeps busy (op time / wall time), and
-the ratio a batch could reach at most if it only shared that per-step part (op time per image
-summed, not wall time, is what a load from other processes barely moves).
+Beside images/s the table prints the CPU seconds of this process per image (all threads; TF's
+thread pools spin a little while they wait, which counts) and the cores that kept busy (CPU time
+/ wall time): once both are ~2 here, a batch is faster only where it costs less CPU per image.
+
+`--profile` also traces a few steps per N (RunOptions FULL_TRACE) and prints the summed run time
+of all ops per image, the part of it that is per step whatever N (the momentum update and the
+weight decay), how many ops ran at once on average (op time / wall time; an op may use both
+cores), and the ratio a batch could reach if it shared only that per-step part.
 """
 import argparse
 import collections
@@ -80,7 +83,7 @@ def trace(runner, steps):
 def print_profile(sizes, runners, steps):
     print('  where the CPU time goes ({} traced steps per N; op time summed over threads):'.format(steps))
     print('  {:>3s} {:>12s} {:>14s} {:>11s} {:>8s} {:>18s}'.format(
-        'N', 'op ms/image', 'per-step ms', 'cores busy', 'ops', 'bound on ratio'))
+        'N', 'op ms/image', 'per-step ms', 'ops at once', 'ops', 'bound on ratio'))
     base = None
     for size in sizes:
         wall, op_ms, per_step_ms, ops = trace(runners[size], steps)
@@ -110,17 +113,16 @@ def bench(name, overrides, basedir, sizes, repeats, steps, profile_steps=0):
             cpu_times[size].append((time.process_time() - cpu_start) / steps)
     base = None
     print('{}: training, {} ({} x {} timed steps per N)'.format(name, onednn_status(), repeats, steps))
-    print('  {:>3s} {:>16s} {:>10s} {:>10s} {:>12s} {:>15s}'.format(
-        'N', 'input', 's/step', 'images/s', 'ratio to N=1', 'CPU s/image'))
+    print('  {:>3s} {:>16s} {:>10s} {:>10s} {:>12s} {:>12s} {:>11s}'.format(
+        'N', 'input', 's/step', 'images/s', 'ratio to N=1', 'CPU s/image', 'cores busy'))
     for size in sizes:
         step = float(np.median(times[size]))
         rate = size / step
         base = rate if base is None else base
         shape = shapes[size]
-        # CPU seconds of this process (all its threads) per image: what a batch would have to lower
-        # once every core is busy.
-        print('  {:>3d} {:>16s} {:10.3f} {:10.2f} {:12.2f} {:15.3f}   ({})'.format(
-            size, 'x'.join(str(d) for d in shape), step, rate, rate / base, np.median(cpu_times[size]) / size,
+        cpu = float(np.median(cpu_times[size]))
+        print('  {:>3d} {:>16s} {:10.3f} {:10.2f} {:12.2f} {:12.3f} {:11.2f}   ({})'.format(
+            size, 'x'.join(str(d) for d in shape), step, rate, rate / base, cpu / size, cpu / step,
             runners[size].describe_last(True)))
     if profile_steps:
         print_profile(sizes, runners, profile_steps)
