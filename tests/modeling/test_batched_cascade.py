@@ -185,13 +185,16 @@ def test_cascade_head_on_two_images_gives_the_rule_from_each_image_alone():
     """Same variables (reused): each stage's losses are the roi-weighted means of the two images'
     (2 rois each: the plain means), and each stage's labels are those of each image alone."""
     with tf.Graph().as_default():
+        tf.set_random_seed(0)
         heads = [_cascade_head(TWO_IMAGES)] + [_cascade_head([image]) for image in TWO_IMAGES]
         fetches = [[h.losses() for h in heads], [[stage.proposals.labels for stage in h._heads] for h in heads]]
         assert len(tf.trainable_variables()) == 3 * 8      # one set, shared by the three heads
         with tf.Session() as sess:
             sess.run(tf.global_variables_initializer())
             (batch, *singles), (batch_labels, *single_labels) = sess.run(fetches)
-    np.testing.assert_allclose(batch, np.mean(singles, axis=0), rtol=1e-5, atol=1e-7)
+    # The later stages' boxes sit on their gt: their small box losses carry the float32 rounding of
+    # the box head (a batch of 4 rows against 2), ~1e-6; a box matched across images moves them ~0.5.
+    np.testing.assert_allclose(batch, np.mean(singles, axis=0), rtol=2e-4, atol=1e-5)
     for stage in range(3):
         np.testing.assert_array_equal(batch_labels[stage], np.concatenate([labels[stage] for labels in single_labels]))
     np.testing.assert_array_equal(batch_labels[1], [1, 0, 2, 0])     # the second rois stay background
