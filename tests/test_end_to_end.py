@@ -285,18 +285,23 @@ def test_training_on_images_without_objects(tmp_path, onednn):
 
 def test_training_with_two_images_per_tower(tmp_path):
     """TRAIN.BATCH_SIZE_PER_GPU=2 through train.py: batched steps with finite losses and a checkpoint.
-    The schedule counts 8-image steps: [1, 1, 2] is 2 x 8 / 2 = 8 steps of 2 images, 2 epochs of 4."""
+    The schedule counts 8-image steps: [1, 1, 2] is 2 x 8 / 2 = 8 steps of 2 images, 2 epochs of 4.
+    With Cascade R-CNN, the batched graph with the most per-image steps (~6 s more than plain FPN,
+    whose batched graph tests/modeling/test_batched_training.py checks)."""
     basedir = str(tmp_path / 'shapes')
     run_script(['-m', 'dataset.shapes', basedir, '--num-train', '8', '--num-val', '2', '--size', '128'])
     logdir = str(tmp_path / 'train_log')
     config = combine_overrides(TINY_MODEL, ['DATA.BASEDIR=' + basedir, 'TRAIN.BATCH_SIZE_PER_GPU=2',
                                             'PREPROC.TRAIN_SHORT_EDGE_SIZE=[96,128]', 'PREPROC.MAX_SIZE=128',
                                             'TRAIN.STEPS_PER_EPOCH=4', 'TRAIN.LR_SCHEDULE=[1,1,2]', 'TRAIN.WARMUP=2',
-                                            'TRAIN.CHECKPOINT_PERIOD=2'])
+                                            'TRAIN.CHECKPOINT_PERIOD=2', 'FPN.CASCADE=True'])
     proc = run_script(['train.py', '--logdir', logdir, '--config'] + config)
     assert 'step(s), images per tower: 2' in proc.stdout and 'Max epoch: 2' in proc.stdout
     with open(os.path.join(logdir, 'stats.json')) as f:
         stats = json.load(f)
     assert len(stats) == 2 and all(np.isfinite(epoch['total_cost']) for epoch in stats)
+    stage_losses = ['cascade_loss_stage{}/fastrcnn_losses/{}'.format(stage, loss)
+                    for stage in (1, 2, 3) for loss in ('label_loss', 'box_loss')]
+    assert all(np.isfinite(epoch[key]) for epoch in stats for key in stage_losses)
     assert stats[-1]['global_step'] == 8
     assert os.path.exists(os.path.join(logdir, 'checkpoint'))
