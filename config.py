@@ -489,10 +489,6 @@ def validate_config(cfg=None):
     _expand_lr_schedule(cfg.TRAIN.LR_SCHEDULE)
     if cfg.FPN.CASCADE and not cfg.MODE_FPN:
         raise ValueError('FPN.CASCADE=True needs MODE_FPN=True.')
-    if cfg.FPN.CASCADE and cfg.TRAIN.BATCH_SIZE_PER_GPU > 1:
-        raise ValueError('TRAIN.BATCH_SIZE_PER_GPU={} with FPN.CASCADE=True: the cascade stages are built for one '
-                         'image per tower so far; use TRAIN.BATCH_SIZE_PER_GPU=1 (and more TRAIN.ACCUMULATE_STEPS).'
-                         .format(cfg.TRAIN.BATCH_SIZE_PER_GPU))
     if cfg.MODE_FPN and cfg.FPN.CASCADE:
         if cfg.CASCADE.IOUS[0] != cfg.FRCNN.FG_THRESH:
             raise ValueError('CASCADE.IOUS[0]={} must equal FRCNN.FG_THRESH={}: the first stage samples '

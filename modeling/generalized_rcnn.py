@@ -30,9 +30,10 @@ from .model_frcnn import (BoxProposals, FastRCNNHead, fastrcnn_outputs, fastrcnn
 from .model_mrcnn import get_mask_head, maskrcnn_c4_head, maskrcnn_loss, select_class_masks, unpackbits_masks
 from .model_rpn import generate_rpn_proposals, rpn_head, rpn_losses
 
-GroundTruth = namedtuple('GroundTruth', ['boxes', 'labels', 'masks'])
+GroundTruth = namedtuple('GroundTruth', ['boxes', 'labels', 'masks', 'image_inds'], defaults=(None,))
 GroundTruth.__doc__ = """Training targets of one image: boxes float32 [M, 4], labels int64 [M],
-masks uint8 [M, H, W] or None (no mask head)."""
+masks uint8 [M, H, W] or None (no mask head). Several images: the gt of all images concatenated,
+with image_inds int32 [M], the image of each (None with one image)."""
 
 MaskRoiFeatures = namedtuple('MaskRoiFeatures', ['of_sampled_foreground', 'of_detections'])
 MaskRoiFeatures.__doc__ = """How a box head hands ROI features to the mask head, per mode.
@@ -240,7 +241,8 @@ class GeneralizedRCNN(ModelDesc):
             counts = inputs[names.GT_COUNTS]
             packed = tf.concat([inputs[names.GT_MASKS_PACKED][i, :counts[i]] for i in range(batch_size)], axis=0)
             gt_masks = tf.identity(unpackbits_masks(packed, batch_hw), name='gt_masks')
-        targets = GroundTruth(gt_boxes, gt_labels, gt_masks)
+        gt_image_inds = tf.concat([tf.fill(tf.shape(labels), i) for i, (_, labels) in enumerate(per_image_gt)], axis=0)
+        targets = GroundTruth(gt_boxes, gt_labels, gt_masks, gt_image_inds)
         gt_areas = area(gt_boxes)
         add_moving_summary(tf.where(tf.size(gt_areas) > 0, tf.reduce_mean(gt_areas), 0., name='mean_gt_box_area'))
 
@@ -253,7 +255,7 @@ class GeneralizedRCNN(ModelDesc):
             tf.concat([s.boxes for s in sampled], axis=0), tf.concat([s.labels for s in sampled], axis=0),
             tf.concat([s.fg_inds_wrt_gt + gt_offsets[i] for i, s in enumerate(sampled)], axis=0),
             tf.concat([tf.fill(tf.shape(s.labels), i) for i, s in enumerate(sampled)], axis=0))
-        head_loss_list = self._roi_head_losses(features, proposals, batch_hw, targets)
+        head_loss_list = self._roi_head_losses(features, proposals, valid_hw, targets)
         wd_cost = regularize_cost('.*/W', l2_regularizer(self.params.train.weight_decay), name='wd_cost')
         total_cost = tf.add_n(rpn_loss_list + head_loss_list + [wd_cost], 'total_cost')
         add_moving_summary(total_cost, wd_cost)
@@ -273,7 +275,8 @@ class GeneralizedRCNN(ModelDesc):
         """Losses of the box (and mask) heads on sampled `proposals` (BoxProposals with targets).
 
         With several images, the proposals of all images come concatenated with their image_inds,
-        fg_inds_wrt_gt index the concatenated gt of `targets`, and each loss averages over them all.
+        fg_inds_wrt_gt index the concatenated gt of `targets`, and each loss averages over them all;
+        image_shape_hw is then int32 [B, 2], the valid size of each image (the cascade clips to it).
         """
         box_head, mask_roi_features = self.box_head(features, proposals, image_shape_hw, targets)
         losses = box_head.losses()
@@ -514,7 +517,7 @@ class ResNetFPNModel(GeneralizedRCNN):
                 proposals, roi_func, box_head_func, gt_boxes, targets.labels if targets else None,
                 image_shape_hw, params.num_category, ious=params.cascade.ious,
                 bbox_reg_weights=params.cascade.bbox_reg_weights, decode_clip=params.decode_clip,
-                training=self.training)
+                training=self.training, gt_image_inds=targets.image_inds if targets else None)
         else:
             head_feature = box_head_func('fastrcnn', roi_func(proposals.boxes, proposals.image_inds))
             label_logits, box_logits = fastrcnn_outputs('fastrcnn/outputs', head_feature, params.num_category)

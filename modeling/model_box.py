@@ -63,6 +63,17 @@ def clip_boxes(boxes, window_hw, name=None):
     return tf.minimum(boxes, upper, name=name)
 
 
+def clip_boxes_to_windows(boxes, windows_hw, name=None):
+    """Clip each box to its own image: box i to [0, w_i] x [0, h_i].
+
+    boxes: float32 [N, 4], x1y1x2y2. windows_hw: int or float [N, 2], the (h, w) of each box's image.
+    Returns float32 [N, 4].
+    """
+    windows_hw = tf.cast(windows_hw, tf.float32)
+    upper = tf.tile(tf.reverse(windows_hw, [1]), [1, 2])    # [N, 4]: (w, h, w, h)
+    return tf.minimum(tf.maximum(boxes, 0.0), upper, name=name)
+
+
 @under_name_scope()
 def area(boxes):
     """boxes: float32 [..., 4], x1y1x2y2 -> float32 [...] areas (negative for inverted boxes)."""

@@ -285,12 +285,15 @@ def test_training_on_images_without_objects(tmp_path, onednn):
 
 # TRAIN.BATCH_SIZE_PER_GPU=2 with the accumulation it implies: 1 tower x 2 images x 4 steps = 8 images per
 # update. The schedule counts 8-image steps: [1, 1, 2] is 2 x 8 / 2 = 8 steps of 2 images, 2 epochs of 4,
-# i.e. 2 updates. A checkpoint after each epoch; one evaluation, at the end.
+# i.e. 2 updates. A checkpoint after each epoch; one evaluation, at the end. With Cascade R-CNN, the batched
+# graph with the most per-image steps (plain FPN with N = 2 runs through train.py in tests/test_horovod.py;
+# tests/modeling/test_batched_training.py checks its graph).
 TWO_PER_TOWER_STEPS_PER_EPOCH = 4
 TWO_PER_TOWER = combine_overrides(TINY_MODEL, [
     'TRAIN.BATCH_SIZE_PER_GPU=2', 'TRAIN.ACCUMULATE_STEPS=None', 'PREPROC.TRAIN_SHORT_EDGE_SIZE=[96,128]',
     'PREPROC.MAX_SIZE=128', 'TRAIN.STEPS_PER_EPOCH={}'.format(TWO_PER_TOWER_STEPS_PER_EPOCH),
-    'TRAIN.LR_SCHEDULE=[1,1,2]', 'TRAIN.WARMUP=2', 'TRAIN.CHECKPOINT_PERIOD=1', 'TRAIN.EVAL_PERIOD=2'])
+    'TRAIN.LR_SCHEDULE=[1,1,2]', 'TRAIN.WARMUP=2', 'TRAIN.CHECKPOINT_PERIOD=1', 'TRAIN.EVAL_PERIOD=2',
+    'FPN.CASCADE=True'])
 
 
 @pytest.fixture(scope='module')
@@ -312,11 +315,14 @@ def _accumulation_counter(prefix):
 
 
 def test_training_with_two_images_per_tower(trained_two_per_tower):
-    """TRAIN.BATCH_SIZE_PER_GPU=2 through train.py: batched steps with finite losses, 4 accumulated
-    steps per update, and a checkpoint per epoch."""
+    """TRAIN.BATCH_SIZE_PER_GPU=2 with Cascade R-CNN through train.py: batched steps with finite losses
+    (every stage's), 4 accumulated steps per update, and a checkpoint per epoch."""
     log, stats = trained_two_per_tower['log'], trained_two_per_tower['stats']
     assert 'gradient accumulation: 4 step(s), images per tower: 2' in log and 'Max epoch: 2' in log
     assert len(stats) == 2 and all(np.isfinite(epoch['total_cost']) for epoch in stats)
+    stage_losses = ['cascade_loss_stage{}/fastrcnn_losses/{}'.format(stage, loss)
+                    for stage in (1, 2, 3) for loss in ('label_loss', 'box_loss')]
+    assert all(np.isfinite(epoch[key]) for epoch in stats for key in stage_losses)
     assert [epoch['global_step'] for epoch in stats] == [4, 8]
     from utils.checkpoints import latest_complete_checkpoint
     assert _accumulation_counter(latest_complete_checkpoint(trained_two_per_tower['logdir'])) == 8

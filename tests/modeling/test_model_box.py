@@ -145,6 +145,13 @@ def test_clip_boxes():
     np.testing.assert_allclose(out, np_box_ops.clip_boxes(boxes, (10, 15)))
 
 
+def test_clip_boxes_to_windows_clips_each_box_to_its_own_image():
+    boxes = np.array([[-5, -3, 20, 8], [-5, -3, 20, 8], [16, 11, 30, 40]], np.float32)
+    windows_hw = np.array([[10, 15], [6, 30], [20, 25]], np.int32)   # (h, w) of each box's image
+    out = run_graph(model_box.clip_boxes_to_windows, boxes, windows_hw)
+    np.testing.assert_allclose(out, [[0, 0, 15, 8], [0, 0, 20, 6], [16, 11, 25, 20]])
+
+
 def test_area_and_pairwise_iou_match_numpy():
     boxes_a = np.array([[0, 0, 10, 10], [5, 5, 15, 15], [3, 3, 3, 3], [20, 0, 22, 1]], np.float32)
     boxes_b = np.array([[0, 0, 10, 10], [3, 3, 3, 3], [2.5, 0, 7.5, 20]], np.float32)
