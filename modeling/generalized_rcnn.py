@@ -132,6 +132,11 @@ def per_image_ground_truth(inputs, batch_size):
     return per_image, all_boxes, all_labels, offsets
 
 
+def image_indices(per_image_rows):
+    """int32 [sum R_i]: i for every row of per_image_rows[i] (tensors [R_i, ...] of image i), in order."""
+    return tf.concat([tf.fill(tf.shape(rows)[:1], i) for i, rows in enumerate(per_image_rows)], axis=0)
+
+
 class GeneralizedRCNN(ModelDesc):
     """What C4 and FPN share: inputs, losses, inference outputs, optimizer.
 
@@ -241,8 +246,7 @@ class GeneralizedRCNN(ModelDesc):
             counts = inputs[names.GT_COUNTS]
             packed = tf.concat([inputs[names.GT_MASKS_PACKED][i, :counts[i]] for i in range(batch_size)], axis=0)
             gt_masks = tf.identity(unpackbits_masks(packed, batch_hw), name='gt_masks')
-        gt_image_inds = tf.concat([tf.fill(tf.shape(labels), i) for i, (_, labels) in enumerate(per_image_gt)], axis=0)
-        targets = GroundTruth(gt_boxes, gt_labels, gt_masks, gt_image_inds)
+        targets = GroundTruth(gt_boxes, gt_labels, gt_masks, image_indices([labels for _, labels in per_image_gt]))
         gt_areas = area(gt_boxes)
         add_moving_summary(tf.where(tf.size(gt_areas) > 0, tf.reduce_mean(gt_areas), 0., name='mean_gt_box_area'))
 
@@ -254,7 +258,7 @@ class GeneralizedRCNN(ModelDesc):
         proposals = BoxProposals(
             tf.concat([s.boxes for s in sampled], axis=0), tf.concat([s.labels for s in sampled], axis=0),
             tf.concat([s.fg_inds_wrt_gt + gt_offsets[i] for i, s in enumerate(sampled)], axis=0),
-            tf.concat([tf.fill(tf.shape(s.labels), i) for i, s in enumerate(sampled)], axis=0))
+            image_indices([s.labels for s in sampled]))
         head_loss_list = self._roi_head_losses(features, proposals, valid_hw, targets)
         wd_cost = regularize_cost('.*/W', l2_regularizer(self.params.train.weight_decay), name='wd_cost')
         total_cost = tf.add_n(rpn_loss_list + head_loss_list + [wd_cost], 'total_cost')

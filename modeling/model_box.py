@@ -54,24 +54,15 @@ def check_data_format(data_format):
 def clip_boxes(boxes, window_hw, name=None):
     """Clip boxes to the image [0, w] x [0, h].
 
-    boxes: float32 [..., 4], x1y1x2y2. window_hw: int or float [2], (h, w).
+    boxes: float32 [..., 4], x1y1x2y2. window_hw: int or float [2], (h, w) of one image for all
+    boxes; or [N, 2] with boxes [N, 4], the image of each box (several images in a batch).
     Returns float32 [..., 4].
     """
     boxes = tf.maximum(boxes, 0.0)
     window_hw = tf.cast(window_hw, tf.float32)
-    upper = tf.tile(tf.reverse(window_hw, [0]), [2])    # (w, h, w, h)
+    rank = window_hw.shape.ndims
+    upper = tf.tile(tf.reverse(window_hw, [rank - 1]), [1] * (rank - 1) + [2])    # (w, h, w, h)
     return tf.minimum(boxes, upper, name=name)
-
-
-def clip_boxes_to_windows(boxes, windows_hw, name=None):
-    """Clip each box to its own image: box i to [0, w_i] x [0, h_i].
-
-    boxes: float32 [N, 4], x1y1x2y2. windows_hw: int or float [N, 2], the (h, w) of each box's image.
-    Returns float32 [N, 4].
-    """
-    windows_hw = tf.cast(windows_hw, tf.float32)
-    upper = tf.tile(tf.reverse(windows_hw, [1]), [1, 2])    # [N, 4]: (w, h, w, h)
-    return tf.minimum(tf.maximum(boxes, 0.0), upper, name=name)
 
 
 @under_name_scope()

@@ -8,7 +8,7 @@ Boxes are float32 x1y1x2y2 in pixels of the resized image.
 """
 from utils.tf_compat import tf
 
-from .model_box import area, clip_boxes, clip_boxes_to_windows, pairwise_iou
+from .model_box import area, clip_boxes, pairwise_iou
 from .model_frcnn import BoxProposals, FastRCNNHead, fastrcnn_outputs, match_boxes_to_best_gt
 
 
@@ -115,11 +115,9 @@ class CascadeRCNNHead:
             'outputs', head_feature, self.num_categories, class_agnostic_regression=True)
         head = FastRCNNHead(proposals, box_logits, label_logits, self.gt_boxes,
                             self.bbox_reg_weights[stage], self.decode_clip)
-        decoded_boxes = head.decoded_output_boxes_class_agnostic()
-        if image_inds is None:
-            refined_boxes = clip_boxes(decoded_boxes, self.image_shape_hw)
-        else:
-            refined_boxes = clip_boxes_to_windows(decoded_boxes, tf.gather(self.image_shape_hw, image_inds))
+        # One image: its size; several: the valid size of each box's image.
+        windows_hw = self.image_shape_hw if image_inds is None else tf.gather(self.image_shape_hw, image_inds)
+        refined_boxes = clip_boxes(head.decoded_output_boxes_class_agnostic(), windows_hw)
         if self.training:
             # Degenerate boxes carry no signal for the next stage's targets.
             keep = area(refined_boxes) > 0
