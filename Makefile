@@ -1,34 +1,44 @@
 # Everything runs inside one virtual environment at .venv, created on first use.
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
-PYTHON ?= python3
-VENV := .venv
+# The interpreter and its install stack (the pins) are chosen by tools/pick_python.sh: a
+# python3.11/3.10 on the PATH with requirements.txt (TensorFlow 2.15.1), else python3 3.12/3.13
+# with requirements-newest.txt (the newest TensorFlow). PYTHON=... chooses; an existing .venv
+# keeps its stack.
+PYTHON ?=
+VENV ?= .venv
 PY := $(VENV)/bin/python
+PICKED := $(shell tools/pick_python.sh --venv '$(VENV)' $(if $(PYTHON),--python '$(PYTHON)') $(if $(NEWEST),--newest))
+ifneq ($(firstword $(PICKED)),ok)
+$(error $(wordlist 2,1000,$(PICKED)))
+endif
+BASE_PYTHON := $(word 2,$(PICKED))
+STACK := $(word 3,$(PICKED))
+REQUIREMENTS := $(word 4,$(PICKED))
+$(info $(wordlist 5,1000,$(PICKED)))
 STAMP := $(VENV)/.requirements-installed
 DATA_DIR ?= data
 DEMO_DIR ?= train_log/demo
 
 HOROVOD_STAMP := $(VENV)/.horovod-installed
-# CPU build with Gloo; for GPUs add HOROVOD_GPU_OPERATIONS=NCCL (see README).
-HOROVOD_ENV := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
-	HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
 
-.PHONY: venv horovod demo test lint bench bench-peers gpu-check
+.PHONY: venv horovod demo test check-stack lint bench bench-peers gpu-check
 
 venv: $(STAMP)
 
-# Horovod compiles against the installed TensorFlow (about 7 minutes on 2 cores; needs g++ and cmake).
+# Horovod 0.28.1 compiles against the installed TensorFlow (about 7 minutes on 2 cores; needs g++
+# and CMake); a CPU build with Gloo, for GPUs add HOROVOD_GPU_OPERATIONS=NCCL (see README).
 horovod: $(HOROVOD_STAMP)
 
 $(HOROVOD_STAMP): $(STAMP)
-	$(HOROVOD_ENV) $(PY) -m pip install --quiet --no-build-isolation horovod==0.28.1
+	tools/horovod/build.sh $(PY)
 	$(VENV)/bin/horovodrun --check-build
 	touch $(HOROVOD_STAMP)
 
-$(STAMP): requirements.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(STAMP): $(REQUIREMENTS)
+	test -x $(PY) || $(BASE_PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip wheel setuptools
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r $(REQUIREMENTS)
 	touch $(STAMP)
 
 # The main job on the embedded default, the synthetic shapes dataset: write it, train a small
@@ -85,7 +95,7 @@ PEERS_VENV := .venv-peers
 PEERS_STAMP := $(PEERS_VENV)/.peers-installed
 
 $(PEERS_STAMP):
-	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	test -x $(PEERS_VENV)/bin/python || $(BASE_PYTHON) -m venv $(PEERS_VENV)
 	$(PEERS_VENV)/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	touch $(PEERS_STAMP)
 

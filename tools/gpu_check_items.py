@@ -56,7 +56,8 @@ def check_tf_gpus(ctx):
     if ctx.dry_run:
         return Result('tf-gpus', SKIP, 'GPU-only; dry run hides the GPUs, listing ran: ' + figure)
     if not gpus:
-        return Result('tf-gpus', FAIL, figure + ': install tensorflow[and-cuda]==2.15.1 and check the driver')
+        return Result('tf-gpus', FAIL, figure + ': install tensorflow[and-cuda] of the pinned version '
+                      '(requirements.txt or requirements-newest.txt) and check the driver')
     return Result('tf-gpus', PASS, figure)
 
 

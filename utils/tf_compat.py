@@ -31,8 +31,8 @@ def installed_tf_version():
         except importlib.metadata.PackageNotFoundError:
             continue
     raise ImportError(
-        "TensorFlow is not installed. Run `make venv` (or "
-        "`pip install -r requirements.txt`) to install the pinned tensorflow-cpu==2.15.1.")
+        "TensorFlow is not installed. Run `make venv`, which picks the pins for this Python "
+        "(requirements.txt for 3.10/3.11, requirements-newest.txt for 3.12/3.13).")
 
 
 TF_VERSION = installed_tf_version()
@@ -46,7 +46,7 @@ if TF_VERSION >= (2, 16):
     except importlib.metadata.PackageNotFoundError:
         raise ImportError(
             "TensorFlow {}.{} needs the `tf_keras` package for tensorpack's layers: "
-            "`pip install tf_keras~={}.{}`, or install the pinned tensorflow-cpu==2.15.1."
+            "`pip install tf_keras~={}.{}.0` (requirements-newest.txt pins it)."
             .format(*TF_VERSION, *TF_VERSION)) from None
     os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
