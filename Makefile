@@ -46,17 +46,8 @@ $(STAMP): $(REQUIREMENTS)
 # curves.png, predictions.png in DEMO_DIR). The recipe is all command-line overrides;
 # config.py's defaults stay those of tensorpack's example. Run again, it resumes (or finds the
 # schedule done) and evaluates once more into new files; nothing is deleted or overwritten.
-DEMO_CONFIG := MODE_FPN=True MODE_MASK=True DATA.BASEDIR=$(DATA_DIR)/shapes \
-	DATA.TRAIN=shapes_train DATA.VAL=shapes_val DATA.NUM_WORKERS=0 \
-	BACKBONE.RESNET_NUM_BLOCKS=[1,1,1,1] BACKBONE.NORM=GN BACKBONE.FREEZE_AT=0 FPN.NORM=GN \
-	FPN.NUM_CHANNEL=64 FPN.FRCNN_HEAD_FUNC=fastrcnn_4conv1fc_gn_head FPN.FRCNN_CONV_HEAD_DIM=64 \
-	FPN.FRCNN_FC_HEAD_DIM=256 FPN.MRCNN_HEAD_FUNC=maskrcnn_up4conv_gn_head MRCNN.HEAD_DIM=64 \
-	RPN.ANCHOR_SIZES=[16,32,64,128,256] FRCNN.BATCH_PER_IM=128 \
-	RPN.TRAIN_PER_LEVEL_NMS_TOPK=500 RPN.TEST_PER_LEVEL_NMS_TOPK=300 \
-	PREPROC.TRAIN_SHORT_EDGE_SIZE=[256,256] PREPROC.TEST_SHORT_EDGE_SIZE=256 PREPROC.MAX_SIZE=256 \
-	TRAIN.ACCUMULATE_STEPS=1 TRAIN.BASE_LR=0.15 TRAIN.WEIGHT_DECAY=5e-5 TRAIN.WARMUP=200 \
-	TRAIN.WARMUP_INIT_LR=0.01 \
-	TRAIN.STEPS_PER_EPOCH=100 TRAIN.LR_SCHEDULE=[150,190,215] TRAIN.EVAL_PERIOD=0 TRAIN.CHECKPOINT_PERIOD=3
+# The overrides, one per line, are in tools/demo_recipe.txt (the benchmarks read it too).
+DEMO_CONFIG := $(subst $$(DATA_DIR),$(DATA_DIR),$(shell cat tools/demo_recipe.txt))
 DEMO_STARTED := $(shell date +%s)
 # a new name for every evaluation, so that a second run keeps the first one's files
 DEMO_EVAL := $(DEMO_DIR)/eval-$(shell date +%Y%m%d-%H%M%S).json

@@ -5,19 +5,17 @@
 Random weights; the first run (graph optimization, allocation) is excluded from the timing.
 """
 import argparse
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import benchlib  # noqa: F401  (the project root on sys.path)
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from utils.tf_compat import onednn_status, tf  # noqa: E402
+from utils.tf_compat import onednn_status, tf
 
-from tensorpack.tfutils.tower import TowerContext  # noqa: E402
+from tensorpack.tfutils.tower import TowerContext
 
-from modeling.backbone import image_preprocess, resnet_fpn_backbone  # noqa: E402
+from modeling.backbone import image_preprocess, resnet_fpn_backbone
 
 NUM_BLOCKS = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}
 

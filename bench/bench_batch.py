@@ -4,8 +4,8 @@ side in one run, with the ratio to N = 1.
     .venv/bin/python bench/bench_batch.py [--models demo r50-fpn-800] [--sizes 1 2 4] [--repeats 3]
                                           [--steps 2] [--profile 2]
 
-Models as in bench/bench_amp.py: `demo` is the Makefile's DEMO_CONFIG (256 px), `r50-fpn-800` is
-R50-FPN Mask R-CNN at config.py's defaults at 800 px. Each N trains on one batch of the first N
+Models (bench/benchlib.py): `demo` is make demo's recipe (256 px), `r50-fpn-800` is R50-FPN Mask
+R-CNN at config.py's defaults at 800 px. Each N trains on one batch of the first N
 images of the real training dataflow (the synthetic shapes set, padded by dataflow/batching.py),
 fed again at every step, so the dataflow is not timed. Repeats interleave the sizes (1, 2, 4, 1,
 2, 4, ...) so that load from other processes falls on all alike; figures are medians.
@@ -27,16 +27,14 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import Runner, configure, load_average, model_overrides  # first: sys.path
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from utils.tf_compat import onednn_status, tf  # noqa: E402
+from utils.tf_compat import onednn_status, tf
 
-from config import combine_overrides  # noqa: E402
-from bench_amp import R50_FPN_800, Runner, configure, demo_config  # noqa: E402
-from utils import tensor_names as names  # noqa: E402
+from config import combine_overrides
+from utils import tensor_names as names
 
 
 def first_batch():
@@ -143,12 +141,12 @@ def main():
     args = parser.parse_args()
     logging.getLogger('tensorpack').setLevel(logging.WARNING)
     print('TensorFlow {}; {}; {} cores; load average {}'.format(
-        tf.__version__, onednn_status(), os.cpu_count(), ' '.join('{:.2f}'.format(x) for x in os.getloadavg())))
+        tf.__version__, onednn_status(), os.cpu_count(), load_average()))
     with tempfile.TemporaryDirectory(prefix='bench_batch_') as basedir:
         for name in args.models:
-            overrides = demo_config(basedir) if name == 'demo' else R50_FPN_800
+            overrides = model_overrides(name, basedir)
             bench(name, overrides, basedir, args.sizes, args.repeats, args.steps, args.profile)
-    print('load average at the end: {}'.format(' '.join('{:.2f}'.format(x) for x in os.getloadavg())))
+    print('load average at the end: {}'.format(load_average()))
 
 
 if __name__ == '__main__':

@@ -6,11 +6,11 @@ For each model, on the synthetic shapes set (written once to --basedir):
   - images / s the trainer consumes: steps / s of a real training step of the same model
     (session.run of the loss and the optimizer's update, one tower, random weights) fed one
     in-memory datapoint again at every step, times the images per step;
-  - the ratio dataflow / trainer (issue 11's goal: >= 2 with workers);
+  - the ratio dataflow / trainer (it should be >= 2 with workers);
   - the bytes of one datapoint as a worker sends it (pickled), and what the format before
-    issue 11 (float32 image, anchor grids of the whole MAX_SIZE canvas) would send for it.
-Models: `demo` is the Makefile's DEMO_CONFIG (256 px); `r50-fpn-800` is R50-FPN Mask R-CNN at
-config.py's defaults with 800 px images (long edge up to 1333), shapes images upscaled to it.
+    the canvas format (float32 image, anchor grids of the whole MAX_SIZE canvas) would send for it.
+Models (bench/benchlib.py): `demo` is make demo's recipe (256 px); `r50-fpn-800` is R50-FPN Mask
+R-CNN at config.py's defaults with 800 px images, shapes images upscaled to it.
 
 Run: .venv/bin/python bench/bench_dataflow.py [--models demo r50-fpn-800] [--workers 1 2]
      [--images 50] [--warmup 5] [--steps 3] [--basedir DIR]
@@ -23,22 +23,20 @@ import sys
 import tempfile
 import time
 
+from benchlib import Runner, load_average, model_overrides  # first: sys.path
+
+import numpy as np
 from tabulate import tabulate
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from utils.tf_compat import onednn_status  # (configures TensorFlow before tensorpack imports it)
+from tensorpack.dataflow import RepeatedData
 
-import numpy as np  # noqa: E402
-
-from utils.tf_compat import onednn_status  # noqa: E402  (configures TensorFlow before tensorpack imports it)
-from tensorpack.dataflow import RepeatedData  # noqa: E402
-
-import data  # noqa: E402
-from bench_amp import R50_FPN_800, Runner, demo_config  # noqa: E402
-from config import config as cfg, finalize_configs, reset_config  # noqa: E402
-from dataflow.build import image_to_float32  # noqa: E402
-from dataset import register_shapes  # noqa: E402
-from utils import tensor_names as names  # noqa: E402
-from utils.np_box_ops import anchor_grids  # noqa: E402
+import data
+from config import config as cfg, finalize_configs, reset_config
+from dataflow.build import image_to_float32
+from dataset import register_shapes
+from utils import tensor_names as names
+from utils.np_box_ops import anchor_grids
 
 
 def configure(overrides, basedir, num_workers):
@@ -76,7 +74,7 @@ def dataflow_rate(num_workers, num_images, warmup):
 
 
 def canvas_format_bytes(datapoint):
-    """Bytes of the image and anchor arrays of `datapoint` in the format before issue 11: a float32
+    """Bytes of the image and anchor arrays of `datapoint` in the canvas format: a float32
     image and anchor labels (int32) and boxes (float32 x 4) over the whole MAX_SIZE canvas."""
     grids = anchor_grids(cfg.MODE_FPN, cfg.RPN.ANCHOR_STRIDE, cfg.FPN.ANCHOR_STRIDES, cfg.RPN.ANCHOR_SIZES,
                          cfg.RPN.ANCHOR_RATIOS, cfg.derived.max_size)
@@ -115,16 +113,12 @@ def trainer_rate(datapoint, steps):
     return seconds, images_per_step, images_per_step / seconds
 
 
-def load():
-    return '{:.2f}, {:.2f}, {:.2f}'.format(*os.getloadavg())
-
-
 def bench(name, overrides, args):
-    print('== {} (load average {})'.format(name, load()))
+    print('== {} (load average {})'.format(name, load_average()))
     configure(overrides, args.basedir, 0)
     (pickled, arrays, canvas), datapoint = datapoint_sizes(10)
     print('datapoint from a worker, mean of 10: {:.2f} MB pickled ({:.2f} MB image + anchor arrays); '
-          'the same arrays in the format before issue 11 (float32 image, whole-canvas anchor grids): '
+          'the same arrays in the canvas format (float32 image, whole-canvas anchor grids): '
           '{:.2f} MB'.format(pickled, arrays, canvas))
     sys.stdout.flush()
     rows = []
@@ -144,7 +138,7 @@ def bench(name, overrides, args):
     rows[-1].append('')
     shape = datapoint[names.IMAGE].shape
     print('{}: training dataflow against the trainer, images around {}x{} (load average {} after)'.format(
-        name, shape[0], shape[1], load()))
+        name, shape[0], shape[1], load_average()))
     print(tabulate(rows, headers=['', 'images', 'seconds', 'images / s', 'dataflow / trainer']))
     print()
     sys.stdout.flush()
@@ -164,9 +158,9 @@ def main():
 
     args.basedir = args.basedir or os.path.join(tempfile.gettempdir(), 'bench_dataflow_shapes')
     register_shapes(args.basedir, num_train=args.num_shapes, num_val=2)
-    print('{}; {} CPU cores; load average {}'.format(onednn_status(), os.cpu_count(), load()))
+    print('{}; {} CPU cores; load average {}'.format(onednn_status(), os.cpu_count(), load_average()))
     for name in args.models:
-        bench(name, demo_config(args.basedir) if name == 'demo' else R50_FPN_800, args)
+        bench(name, model_overrides(name, args.basedir), args)
 
 
 if __name__ == '__main__':

@@ -17,20 +17,19 @@ import argparse
 import collections
 import os
 import re
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import benchlib  # noqa: F401  (the project root on sys.path)
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from utils.tf_compat import onednn_status, session_config, tf  # noqa: E402
+from utils.tf_compat import onednn_status, session_config, tf
 
-from tensorpack.tfutils.tower import PredictTowerContext  # noqa: E402
+from tensorpack.tfutils.tower import PredictTowerContext
 
-from config import config as cfg, finalize_configs  # noqa: E402
-from dataset import DatasetRegistry  # noqa: E402
-from utils import tensor_names as names  # noqa: E402
+from config import config as cfg, finalize_configs
+from dataset import DatasetRegistry
+from utils import tensor_names as names
 
 BENCH_SPLIT = 'bench_coco_like'
 

@@ -3,16 +3,14 @@
 Run: .venv/bin/python bench/bench_paste.py [--num-masks 100] [--repeats 5]
 """
 import argparse
-import os
-import sys
 import time
 
 import numpy as np
 from tabulate import tabulate
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import benchlib  # noqa: F401  (the project root on sys.path)
 
-from eval import paste_mask  # noqa: E402
+from eval import paste_mask
 
 IMAGE_HW = (800, 1200)
 MASK_SIZE = 28

@@ -66,7 +66,7 @@ def _serve(run_once, info, graph_seconds=None):
 
 
 def project_worker(overrides):
-    sys.path.insert(0, ROOT)
+    import benchlib  # noqa: F401  (the project root on sys.path; not in the torchvision worker)
     # Results go to stdout as json; keep the libraries' chatter on stderr.
     real_stdout = sys.stdout
     sys.stdout = sys.stderr
@@ -74,7 +74,7 @@ def project_worker(overrides):
     from tensorflow.python.util import _pywrap_util_port
     from tensorpack.predict import OfflinePredictor, PredictConfig
 
-    from bench.bench_inference import configure
+    from bench_inference import configure
     from eval import predict_image
     from modeling.generalized_rcnn import build_model
     from config import config as cfg
@@ -190,7 +190,7 @@ class Worker:
 
 
 def _config_has_test_amp():
-    sys.path.insert(0, ROOT)
+    import benchlib  # noqa: F401  (the project root on sys.path; not in the torchvision worker)
     from config import config as cfg
     return 'AMP' in cfg.TEST.to_dict()
 

@@ -33,7 +33,7 @@ def GroupNorm(x, group=32, gamma_initializer=None, data_format='channels_last', 
     # Statistics in two stages, both over contiguous axes: sums over h, w per channel ([N, C]),
     # then over the channels of each group on the small [N, G, C/G]. Reducing the [N, h, w, G, C/G]
     # view over its axes 1, 2, 4 at once (tensorpack's formula) took ~2-4x longer, backward
-    # included, on CPU (NOTES.md). The variance is two-pass, as tf.nn.moments computes it.
+    # included, on CPU (docs/benchmarks.md, "GroupNorm"). The variance is two-pass, as tf.nn.moments computes it.
     spatial_axes = [1, 2] if data_format == 'NHWC' else [2, 3]
     dyn_shape = tf.shape(x)
     batch = dyn_shape[0]

@@ -37,7 +37,7 @@ OVERFIT_MODEL = ('BACKBONE.NORM=GN', 'FPN.NORM=GN')
 # ~20 layers to ~1-2% of a feature. A head trained for only OVERFIT_STEPS steps turns that into more: its box
 # regression is steep, and one box edge of a 50 px object moved by 4.8 px (IoU 0.86) in one run.
 # The bounds are set for such a model: IoU >= 0.75 and |score difference| <= 0.1. On a trained
-# model the effect is small: the demo model's shapes_val mAP moved by 0.0004 (NOTES.md).
+# model the effect is small: the demo model's shapes_val mAP moved by 0.0004 (docs/amp-study.md).
 MIN_IOU = 0.75
 MAX_SCORE_DIFF = 0.1
 

@@ -1,6 +1,6 @@
-"""The table of bench/amp_seeds.sh's runs: COCO mAP per (precision, seed), mean and spread.
+"""The table of bench/experiments/amp_seeds.sh's runs: COCO mAP per (precision, seed), mean and spread.
 
-    .venv/bin/python bench/amp_seeds_table.py LOG_ROOT
+    .venv/bin/python bench/experiments/amp_seeds_table.py LOG_ROOT
 
 Reads LOG_ROOT/runs.txt and each run's eval.log and stats.json. The epoch-1 `mean_gt_box_area`
 (a statistic of the images fed, not of the model) is printed to show what DATA.SEED changes: the
@@ -36,7 +36,7 @@ def main():
     args = parser.parse_args()
     runs_file = os.path.join(args.log_root, 'runs.txt')
     if not os.path.exists(runs_file):
-        raise FileNotFoundError('{} does not exist: run bench/amp_seeds.sh first'.format(runs_file))
+        raise FileNotFoundError('{} does not exist: run bench/experiments/amp_seeds.sh first'.format(runs_file))
     rows = []
     with open(runs_file) as f:
         for line in f:

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Train and evaluate the demo recipe once per (precision, seed), one run at a time, at the
 # lowest priority, to measure the run-to-run spread of TRAIN.AMP against float32.
-#   sh bench/amp_seeds.sh DATA_DIR LOG_ROOT "amp:1 fp32:1 amp:2 fp32:2"
+#   sh bench/experiments/amp_seeds.sh DATA_DIR LOG_ROOT "amp:1 fp32:1 amp:2 fp32:2"
 # Each run writes LOG_ROOT/<precision>-seed<seed>/ (train log, eval json, eval log) and appends a
 # line "precision seed start end load" to LOG_ROOT/runs.txt. oneDNN is set on explicitly: the
 # CPU's bfloat16 path needs it. Evaluation is float32 for both.
@@ -9,12 +9,7 @@ set -eu
 DATA_DIR=$1
 LOG_ROOT=$2
 RUNS=$3
-DEMO_CONFIG=$(make -s -f - print-demo-config DATA_DIR="$DATA_DIR" <<'MK'
-include Makefile
-print-demo-config:
-	@echo $(DEMO_CONFIG)
-MK
-)
+DEMO_CONFIG=$(.venv/bin/python -m tools.demo_recipe "$DATA_DIR")
 export TF_ENABLE_ONEDNN_OPTS=1
 mkdir -p "$LOG_ROOT"
 for run in $RUNS; do

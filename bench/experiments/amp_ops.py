@@ -1,12 +1,13 @@
 """Which ops of a TRAIN.AMP / TEST.AMP step compute in the low precision, by op type and scope.
 
-    TF_ENABLE_ONEDNN_OPTS=1 .venv/bin/python bench/amp_ops.py [--model demo] [--inference]
+    TF_ENABLE_ONEDNN_OPTS=1 .venv/bin/python bench/experiments/amp_ops.py [--model demo] [--inference]
         [--grep gn] [--ops TopKV2]
 
-Builds the model as bench/bench_amp.py does (one shapes datapoint, random weights), runs one step
-in an AMP session with the partition graphs returned (the graph after Grappler's rewrite), and
-prints, per op type, how many nodes compute in bfloat16/float16 and how many in float32;
---grep also lists the names of the nodes (low precision or not) whose name contains a string.
+A study (docs/amp-study.md), not a benchmark. Builds the model as bench/bench_amp.py does (one
+shapes datapoint, random weights), runs one step in an AMP session with the partition graphs
+returned (the graph after Grappler's rewrite), and prints, per op type, how many nodes compute in
+bfloat16/float16 and how many in float32; --grep also lists the names of the nodes (low precision
+or not) whose name contains a string.
 """
 import argparse
 import collections
@@ -15,9 +16,9 @@ import os
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # bench/, for benchlib
 
-from bench.bench_amp import R50_FPN_800, Runner, _inference_datapoint, configure, demo_config, first_datapoint  # noqa: E402
+from benchlib import Runner, configure, first_datapoint, inference_datapoint, model_overrides  # noqa: E402
 from utils.tf_compat import amp_unsupported_reason, onednn_status, tf  # noqa: E402
 
 TYPE_ATTRS = ('T', 'DstT', 'dtype')
@@ -48,9 +49,9 @@ def main():
     print(onednn_status())
     training = not args.inference
     with tempfile.TemporaryDirectory(prefix='amp_ops_') as basedir:
-        overrides = demo_config(basedir) if args.model == 'demo' else R50_FPN_800
+        overrides = model_overrides(args.model, basedir)
         configure(overrides, basedir, is_training=training)
-        datapoint = first_datapoint() if training else _inference_datapoint(overrides, basedir)
+        datapoint = first_datapoint() if training else inference_datapoint(overrides, basedir)
         runner = Runner(training, True, datapoint)
         metadata = tf.RunMetadata()
         runner.sess.run(runner.fetches, runner.feed, options=tf.RunOptions(output_partition_graphs=True),
