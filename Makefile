@@ -48,19 +48,24 @@ $(STAMP): $(REQUIREMENTS)
 # schedule done) and evaluates once more into new files; nothing is deleted or overwritten.
 # The overrides, one per line, are in tools/demo_recipe.txt (the benchmarks read it too).
 DEMO_CONFIG := $(subst $$(DATA_DIR),$(DATA_DIR),$(shell cat tools/demo_recipe.txt))
+# DEMO_OVERRIDES: more overrides after the recipe's (the short demo of `check-stack`);
+# DEMO_MIN_BBOX_AP: the report fails the run below this box mAP.
+DEMO_OVERRIDES ?=
+DEMO_MIN_BBOX_AP ?= 0
 DEMO_STARTED := $(shell date +%s)
 # a new name for every evaluation, so that a second run keeps the first one's files
 DEMO_EVAL := $(DEMO_DIR)/eval-$(shell date +%Y%m%d-%H%M%S).json
 
 demo: venv
 	$(PY) -m dataset.shapes $(DATA_DIR)/shapes
-	$(PY) train.py --logdir $(DEMO_DIR) --config $(DEMO_CONFIG)
-	$(PY) predict.py --load $(DEMO_DIR) --evaluate $(DEMO_EVAL) --config $(DEMO_CONFIG) 2>&1 \
+	$(PY) train.py --logdir $(DEMO_DIR) --config $(DEMO_CONFIG) $(DEMO_OVERRIDES)
+	$(PY) predict.py --load $(DEMO_DIR) --evaluate $(DEMO_EVAL) --config $(DEMO_CONFIG) $(DEMO_OVERRIDES) 2>&1 \
 		| tee $(DEMO_EVAL).log
 	$(PY) -m tools.demo_report --logdir $(DEMO_DIR) --results $(DEMO_EVAL)-shapes_val \
 		--gt-json $(DATA_DIR)/shapes/annotations/instances_shapes_val.json \
-		--image-dir $(DATA_DIR)/shapes/shapes_val --started $(DEMO_STARTED) \
-		--command "make demo DATA_DIR=$(DATA_DIR) DEMO_DIR=$(DEMO_DIR)" --config $(DEMO_CONFIG)
+		--image-dir $(DATA_DIR)/shapes/shapes_val --started $(DEMO_STARTED) --min-bbox-ap $(DEMO_MIN_BBOX_AP) \
+		--command "make demo DATA_DIR=$(DATA_DIR) DEMO_DIR=$(DEMO_DIR)$(if $(DEMO_OVERRIDES), DEMO_OVERRIDES='$(DEMO_OVERRIDES)')" \
+		--config $(DEMO_CONFIG) $(DEMO_OVERRIDES)
 
 # oneDNN is set explicitly, never left to the host's CPU: the whole suite with it on (TensorFlow's
 # default on CPUs with AVX512_VNNI/BF16/AMX), then the model and graph tests with it off. The
@@ -69,6 +74,17 @@ test: venv horovod
 	$(PY) -m ruff check .
 	TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m pytest tests -q
 	TF_ENABLE_ONEDNN_OPTS=0 $(PY) -m pytest tests/modeling -q
+
+# What shows that a stack works, shorter than `test` (CI runs it on the newest corner with
+# NEWEST=1 VENV=.venv-newest): the model tests with oneDNN on and off, the end-to-end
+# train/predict/export tests and Horovod's, and a short demo whose report must show it learnt.
+SHORT_DEMO_DIR ?= train_log/demo-short
+check-stack: venv horovod
+	$(PY) -m ruff check .
+	TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m pytest tests/modeling tests/test_end_to_end.py tests/test_horovod.py -q
+	TF_ENABLE_ONEDNN_OPTS=0 $(PY) -m pytest tests/modeling -q
+	$(MAKE) demo DEMO_DIR=$(SHORT_DEMO_DIR)-$(shell date +%Y%m%d-%H%M%S) DEMO_MIN_BBOX_AP=0.1 \
+		DEMO_OVERRIDES='TRAIN.LR_SCHEDULE=[45,55,60]'
 
 # On a GPU machine, before a long job (about 10 minutes; not part of `make test`). See README.
 gpu-check: venv

@@ -311,6 +311,8 @@ def parse_args(argv=None):
     parser.add_argument('--config', nargs='*', default=[], metavar='KEY=VALUE',
                         help='the config overrides of the run (for the mixed-precision setting)')
     parser.add_argument('--started', type=float, help='Unix time the whole run started (for its wall time)')
+    parser.add_argument('--min-bbox-ap', type=float, default=0., metavar='AP',
+                        help='exit with an error after the report if the box mAP@[.5:.95] is below AP')
     return parser.parse_args(argv)
 
 
@@ -348,6 +350,10 @@ def main(argv=None):
     with open(unused_path(output_dir, 'figures.json'), 'w') as f:
         json.dump(dict(figures, settings=settings), f, indent=1)
     print('\nReport of {}:\n{}'.format(args.logdir, _terminal_table(figures, details, files)))
+    box_ap = details.get('bbox', {}).get('stats', {}).get('AP')
+    if args.min_bbox_ap > 0 and (box_ap is None or box_ap < args.min_bbox_ap):
+        raise SystemExit('demo_report: box mAP {} of {} is below --min-bbox-ap {}: the run did not learn '
+                         'what it should (see {}).'.format(_fmt(box_ap), args.results, args.min_bbox_ap, summary))
     return figures
 
 

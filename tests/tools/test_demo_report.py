@@ -116,3 +116,11 @@ def test_settings():
     assert 'default' in demo_report.onednn_setting({})
     assert demo_report.amp_setting(['TRAIN.AMP=True', 'MODE_MASK=True']) == 'TRAIN.AMP=True'
     assert demo_report.amp_setting(['MODE_MASK=True']).startswith('off')
+
+
+def test_min_bbox_ap_fails_the_run_after_writing_the_report(tmp_path):
+    logdir, argv = _write_run(tmp_path)
+    assert demo_report.main(argv + ['--min-bbox-ap', '0.4'])['bbox']['AP'] == pytest.approx(0.5)
+    with pytest.raises(SystemExit, match=r'box mAP 0\.500 of .* is below --min-bbox-ap 0\.6'):
+        demo_report.main(argv + ['--min-bbox-ap', '0.6'])
+    assert (logdir / 'summary-1.md').exists()
