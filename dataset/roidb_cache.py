@@ -16,6 +16,7 @@ drop summary, the arrays' dtype / shape / offset), then the arrays, each 64-byte
 
 Shape shorthand: I images, N instances in all, G polygons in all, T points in all.
 """
+import collections.abc
 import hashlib
 import json
 import mmap
@@ -24,7 +25,8 @@ import tempfile
 
 import numpy as np
 
-__all__ = ['FORMAT_VERSION', 'json_digest', 'cache_file', 'write_cache', 'read_cache', 'read_header']
+__all__ = ['FORMAT_VERSION', 'json_digest', 'cache_file', 'write_cache', 'read_cache', 'read_header',
+           'PolygonLists']
 
 FORMAT_VERSION = 1
 MAGIC = b'ROIDBCACHE\n'
@@ -118,6 +120,61 @@ def _open(path):
     return buffer, header, -(-header_end // _ALIGN) * _ALIGN
 
 
+class _PolygonStore:
+    """The polygon arrays of a cache file (T points, G polygons, N instances)."""
+
+    def __init__(self, points, point_offsets, polygon_offsets, no_polygon):
+        self.points = points                     # float32 [T, 2]
+        self.point_offsets = point_offsets       # int64 [G + 1]
+        self.polygon_offsets = polygon_offsets   # int64 [N + 1]
+        self.no_polygon = no_polygon             # int8 [N]: 1 for an RLE-only crowd region (None)
+
+    def instance(self, i):
+        if self.no_polygon[i]:
+            return None
+        bounds = self.point_offsets[self.polygon_offsets[i]:self.polygon_offsets[i + 1] + 1].tolist()
+        return [self.points[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+class PolygonLists(collections.abc.Sequence):
+    """The 'segmentation' of one roidb read from the cache: a read-only sequence whose item i is
+    what the json loader's list holds, instance i's polygons (float32 [P, 2], views into the
+    mapped file) or None. Made on access, so that a million polygons cost no Python objects
+    until an image is used; equal to a list with the same items, and pickled as that list."""
+
+    __slots__ = ('_store', '_start', '_stop')
+
+    def __init__(self, store, start, stop):
+        self._store, self._start, self._stop = store, start, stop
+
+    def __len__(self):
+        return self._stop - self._start
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError('instance {} of an image with {}'.format(index, len(self)))
+        return self._store.instance(self._start + index)
+
+    def __eq__(self, other):
+        if not isinstance(other, (list, PolygonLists)) or len(other) != len(self):
+            return False
+        return all((a is None and b is None) or (a is not None and b is not None and len(a) == len(b) and
+                                                all(np.array_equal(p, q) for p, q in zip(a, b)))
+                   for a, b in zip(self, other))
+
+    __hash__ = None
+
+    def __reduce__(self):
+        return list, (list(self),)
+
+    def __repr__(self):
+        return 'PolygonLists({})'.format(list(self))
+
+
 def read_header(path):
     """The header of a cache file: categories, summary, num_images, ..."""
     buffer, header, _ = _open(path)
@@ -127,7 +184,7 @@ def read_header(path):
 
 def read_cache(path):
     """(roidbs, header) from a cache file: roidbs equal to the ones written, their arrays
-    read-only views into the memory-mapped file."""
+    read-only views into the memory-mapped file; 'segmentation' is a `PolygonLists`."""
     buffer, header, start = _open(path)
     arrays = {}
     for name, spec in header['arrays'].items():
@@ -147,12 +204,8 @@ def read_cache(path):
         roidbs.append({'file_name': file_names[k], 'image_id': image_ids[k], 'height': heights[k],
                        'width': widths[k], 'boxes': boxes[a:b], 'class': classes[a:b], 'is_crowd': crowds[a:b]})
     if header['has_masks']:
-        points, point_bounds = arrays['points'], arrays['point_offsets'].tolist()
-        polygons = [points[a:b] for a, b in zip(point_bounds[:-1], point_bounds[1:])]
-        polygon_bounds = arrays['polygon_offsets'].tolist()
-        no_polygon = arrays['no_polygon'].tolist()
-        instances = [None if none else polygons[a:b]
-                     for none, a, b in zip(no_polygon, polygon_bounds[:-1], polygon_bounds[1:])]
+        store = _PolygonStore(arrays['points'], arrays['point_offsets'], arrays['polygon_offsets'],
+                              arrays['no_polygon'])
         for k, roidb in enumerate(roidbs):
-            roidb['segmentation'] = instances[bounds[k]:bounds[k + 1]]
+            roidb['segmentation'] = PolygonLists(store, bounds[k], bounds[k + 1])
     return roidbs, header

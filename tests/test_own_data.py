@@ -1,6 +1,6 @@
 """A COCO json of one's own, from the command line alone: train.py (with its evaluation) and
 predict.py --evaluate / --visualize on a split named neither like COCO's nor registered anywhere,
-with ids numbered from 0, through both name forms."""
+with ids numbered from 0, through both name forms, the training roidbs from the roidb cache."""
 import glob
 import json
 import os
@@ -46,11 +46,13 @@ def test_own_coco_json_trains_evaluates_and_visualizes_by_name(tmp_path):
     config = combine_overrides(TINY_MODEL, [
         'DATA.BASEDIR={}'.format(basedir), "DATA.TRAIN=('coco_trainval',)", "DATA.VAL=('{}',)".format(val_name),
         'PREPROC.TRAIN_SHORT_EDGE_SIZE=[128,128]', 'PREPROC.TEST_SHORT_EDGE_SIZE=128', 'PREPROC.MAX_SIZE=128',
-        'TRAIN.STEPS_PER_EPOCH=4', 'TRAIN.LR_SCHEDULE=[1,1,1]', 'TRAIN.WARMUP=4', 'TRAIN.EVAL_PERIOD=2'])
+        'TRAIN.STEPS_PER_EPOCH=4', 'TRAIN.LR_SCHEDULE=[1,1,1]', 'TRAIN.WARMUP=4', 'TRAIN.EVAL_PERIOD=2',
+        'DATA.ROIDB_CACHE=.'])
     train = run_script(['train.py', '--logdir', logdir, '--config'] + config)
     label = 'coco_{}_labels_val.json_{}_photos'.format(str(elsewhere).strip('/').replace('/', '_'),
                                                        str(elsewhere).strip('/').replace('/', '_'))
     assert "Loaded 8 images" in train.stdout and "of 'coco_trainval'" in train.stdout
+    assert glob.glob(str(basedir / 'annotations' / 'instances_trainval.json.*.roidbs'))   # the roidb cache
     assert glob.glob(os.path.join(logdir, label + '-outputs*.json')), os.listdir(logdir)
     assert 'mAP(bbox)/IoU=0.5' in train.stdout
 

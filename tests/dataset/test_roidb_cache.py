@@ -4,12 +4,13 @@ import glob
 import json
 import multiprocessing
 import os
+import pickle
 
 import numpy as np
 import pytest
 
 from dataset.coco import COCOFormatSplit
-from dataset.roidb_cache import read_header
+from dataset.roidb_cache import PolygonLists, read_header
 from tests.dataset.test_coco import _ann, _square, write_split
 
 IMAGES = [{'id': 11, 'file_name': 'a.jpg', 'height': 40, 'width': 50},
@@ -26,7 +27,11 @@ ANNOTATIONS = [
 
 
 def assert_same(expected, actual, where='roidbs'):
-    """Equal values, types, dtypes, shapes and key order, all the way down."""
+    """Equal values, types, dtypes, shapes and key order, all the way down; a cached roidb's
+    'segmentation' (a read-only PolygonLists) stands for the list with the same items."""
+    if isinstance(actual, PolygonLists):
+        assert actual == expected, where
+        actual = list(actual)
     assert type(expected) is type(actual) or (isinstance(expected, np.ndarray) and isinstance(actual, np.ndarray)), \
         (where, type(expected), type(actual))
     if isinstance(expected, dict):
@@ -121,3 +126,19 @@ def test_processes_building_the_cache_at_once_agree(tmp_path):
         results = pool.map(_load_in_child, [(split.json_path, split.image_dir)] * 8)
     assert all(result == expected for result in results)
     assert len(_cache_files(tmp_path)) == 1   # one file, no temporary file left behind
+
+
+def test_polygon_lists_read_like_the_list(tmp_path):
+    split = write_split(tmp_path, IMAGES, ANNOTATIONS)
+    expected = split.training_roidbs()[0]['segmentation']
+    cached = _cached_split(split).training_roidbs()[0]['segmentation']
+    assert len(cached) == len(expected) == 3 and cached[2] is None and cached[-1] is None
+    assert [p.tolist() for p in cached[1]] == [p.tolist() for p in expected[1]]
+    assert len(cached[0:2]) == 2 and cached != expected[:2]
+    with pytest.raises(IndexError):
+        cached[3]
+    with pytest.raises(ValueError, match='read-only'):
+        cached[0][0][0, 0] = 1.0   # views into the mapped file
+    unpickled = pickle.loads(pickle.dumps(cached))   # how a worker receives it
+    assert type(unpickled) is list
+    assert_same(expected, unpickled)
