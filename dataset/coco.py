@@ -176,23 +176,27 @@ class COCOFormatSplit(DatasetSplit):
         return roidb_cache.cache_file(self.json_path, _digest(self.json_path, self.image_dir), self.roidb_cache)
 
     def _cached_training_roidbs(self):
-        """The training roidbs from the cache file of this json, made first if there is none."""
+        """The training roidbs from the cache file of this json, made first if there is none
+        (or if it cannot be read)."""
         path = self._cache_file()
-        if not os.path.isfile(path):
-            roidbs = self._load_roidbs(add_gt=True)
+        if os.path.isfile(path):
             try:
-                roidb_cache.write_cache(path, roidbs, self._categories, self._drop_summary)
-            except OSError as err:
-                logger.warn("Cannot write the roidb cache {} ({}); continuing without it. Set DATA.ROIDB_CACHE "
-                            "to a writable directory, or to '' to turn the cache off.".format(path, err))
-                return roidbs
-            logger.info("Roidbs of '{}' cached in {}.".format(self.name, path))
-            del roidbs   # served from the mapped file like every later start
+                return self._read_cache(path)
+            except (OSError, ValueError, KeyError) as err:
+                logger.warn('Cannot read the roidb cache {} ({}); making it again.'.format(path, err))
+        roidbs = self._load_roidbs(add_gt=True)
         try:
-            roidbs, header = roidb_cache.read_cache(path)
-        except (OSError, ValueError, KeyError) as err:
-            logger.warn('Cannot read the roidb cache {} ({}); reading the json.'.format(path, err))
-            return self._load_roidbs(add_gt=True)
+            roidb_cache.write_cache(path, roidbs, self._categories, self._drop_summary)
+        except OSError as err:
+            logger.warn("Cannot write the roidb cache {} ({}); continuing without it. Set DATA.ROIDB_CACHE "
+                        "to a writable directory, or to '' to turn the cache off.".format(path, err))
+            return roidbs
+        logger.info("Roidbs of '{}' cached in {}.".format(self.name, path))
+        del roidbs   # served from the mapped file like every later start
+        return self._read_cache(path)
+
+    def _read_cache(self, path):
+        roidbs, header = roidb_cache.read_cache(path)
         self._categories = header['categories']
         self._check_files_exist(roidbs)
         logger.info("Loaded {} images and {} instances of '{}'{} (from the roidb cache {}).".format(

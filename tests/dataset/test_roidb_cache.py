@@ -102,13 +102,14 @@ def test_string_image_ids_survive(tmp_path):
     assert_same(split.training_roidbs(), _cached_split(split).training_roidbs())
 
 
-def test_a_corrupt_cache_file_falls_back_to_the_json(tmp_path):
+def test_a_corrupt_cache_file_is_made_again(tmp_path):
     split = write_split(tmp_path, IMAGES, ANNOTATIONS)
     _cached_split(split).training_roidbs()
     path, = _cache_files(tmp_path)
     with open(path, 'wb') as f:
         f.write(b'not a cache')
     assert_same(split.training_roidbs(), _cached_split(split).training_roidbs())
+    assert read_header(path)['num_images'] == 3
 
 
 def _load_in_child(args):
