@@ -144,15 +144,16 @@ class COCOFormatSplit(DatasetSplit):
         return dataset
 
     def _load_categories(self):
-        if self.roidb_cache:
-            path = self._cache_file()
-            if os.path.isfile(path):
-                try:
-                    self._categories = roidb_cache.read_header(path)['categories']
-                    return
-                except (OSError, ValueError, KeyError) as err:
-                    logger.warn('Cannot read the roidb cache {} ({}); reading the json.'.format(path, err))
-        self._load_json()
+        if not self.roidb_cache:
+            self._load_json()
+            return
+        path = self._cache_file()
+        try:
+            self._categories = roidb_cache.read_header(path)['categories']
+        except (OSError, ValueError, KeyError):
+            # no cache yet (or a bad one): make it now, so that the json is parsed once, not
+            # once for the class names and again for the roidbs
+            self._cached_training_roidbs()
 
     def category_ids(self):
         """list[int]: the json's category ids; class k (1..K) has id `category_ids()[k - 1]`."""

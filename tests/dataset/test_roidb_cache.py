@@ -143,3 +143,17 @@ def test_polygon_lists_read_like_the_list(tmp_path):
     unpickled = pickle.loads(pickle.dumps(cached))   # how a worker receives it
     assert type(unpickled) is list
     assert_same(expected, unpickled)
+
+
+def test_class_names_then_roidbs_parse_the_json_once(tmp_path, monkeypatch):
+    """What train.py asks for first (class names, for the config), then the roidbs."""
+    import dataset.coco
+    split = write_split(tmp_path, IMAGES, ANNOTATIONS)
+    parses = []
+    read_json = dataset.coco._read_json
+    monkeypatch.setattr(dataset.coco, '_read_json', lambda path: parses.append(path) or read_json(path))
+    assert _cached_split(split).class_names() == ['BG', 'two', 'five', 'nine']
+    assert_same(split.training_roidbs(), _cached_split(split).training_roidbs())   # the first parses again
+    assert len(parses) == 2
+    assert _cached_split(split).class_names() == ['BG', 'two', 'five', 'nine']     # from the cache's header
+    assert len(parses) == 2
