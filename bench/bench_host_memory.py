@@ -9,10 +9,12 @@ step --from-step and the end. The LR schedule is the demo's, scaled to end at --
     PSS: USS plus its share of pages shared with other processes;
     RSS: everything resident, shared pages counted in full.
 
-Run: heavy .venv/bin/python bench/bench_host_memory.py --steps 600 [--interval 2]
+Run: heavy .venv/bin/python bench/bench_host_memory.py --steps 800 [--interval 2]
      [--workdir DIR] [--csv OUT.csv]
+     .venv/bin/python bench/bench_host_memory.py --report OUT.csv   (the report of that run again)
 """
 import argparse
+import collections
 import csv
 import os
 import re
@@ -77,6 +79,47 @@ def sample(trainer):
     return rows
 
 
+def report(samples, from_step):
+    """Print the memory at each epoch end and each process's growth from `from_step` on."""
+    mib = 1024.0 ** 2
+    print('\nAt each epoch end (MiB; trainer, then each worker: RSS/USS/PSS):')
+    printed = set()
+    for seconds, step, rows in samples:
+        if step in printed:
+            continue
+        printed.add(step)
+        cells = ['{} {:.0f}/{:.0f}/{:.0f}'.format(role[0], rss / mib, uss / mib, pss / mib)
+                 for _, (role, rss, uss, pss) in sorted(rows.items()) if role != 'resource_tracker']
+        print('step {:5d} {:6.0f} s  {}'.format(step, seconds, '  '.join(cells)))
+
+    first = next(s for s in samples if s[1] >= from_step)
+    print('\nGrowth of each process from step {} (t={:.0f} s) to its last sample (the workers end with '
+          'training, before the trainer), and its largest value after step {}:'.format(
+              first[1], first[0], from_step))
+    for pid, (role, rss0, uss0, pss0) in sorted(first[2].items()):
+        if role == 'resource_tracker':
+            continue
+        later = [(seconds, step, rows[pid]) for seconds, step, rows in samples if pid in rows and seconds >= first[0]]
+        seconds, step, (_, rss, uss, pss) = later[-1]
+        peak = max(row[1] for _, _, row in later)
+        print('  {:8s} pid {:7d} to step {} (t={:.0f} s): RSS {:6.0f} -> {:6.0f} MiB ({:+.1f}%, largest {:.0f})  '
+              'USS {:6.0f} -> {:6.0f} MiB ({:+.1f}%)  PSS {:6.0f} -> {:6.0f} MiB ({:+.1f}%)'.format(
+                  role, pid, step, seconds, rss0 / mib, rss / mib, 100.0 * (rss - rss0) / rss0, peak / mib,
+                  uss0 / mib, uss / mib, 100.0 * (uss - uss0) / uss0, pss0 / mib, pss / mib,
+                  100.0 * (pss - pss0) / max(pss0, 1)))
+
+
+def read_csv(path):
+    """The samples of a --csv file, as `main` collects them."""
+    samples = collections.OrderedDict()
+    with open(path) as f:
+        for row in csv.DictReader(f):
+            key = (float(row['seconds']), int(row['step']))
+            samples.setdefault(key, {})[int(row['pid'])] = (row['role'], int(row['rss']), int(row['uss']),
+                                                            int(row['pss']))
+    return [(seconds, step, rows) for (seconds, step), rows in samples.items()]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--steps', type=int, default=600, help='training steps (a multiple of {})'.format(
@@ -85,7 +128,11 @@ def main():
     parser.add_argument('--interval', type=float, default=2.0, help='seconds between samples')
     parser.add_argument('--workdir', help='where the shapes data and the logdir go (default: a new temp dir)')
     parser.add_argument('--csv', help='write every sample to this CSV file')
+    parser.add_argument('--report', metavar='CSV', help="only print the report of an earlier run's --csv file")
     args = parser.parse_args()
+    if args.report:
+        report(read_csv(args.report), args.from_step)
+        return 0
     if args.steps % STEPS_PER_EPOCH or args.steps <= args.from_step:
         parser.error('--steps must be a multiple of {} and above --from-step'.format(STEPS_PER_EPOCH))
 
@@ -130,32 +177,7 @@ def main():
                 for pid, row in sorted(rows.items()):
                     writer.writerow(['{:.1f}'.format(seconds), step, pid] + list(row))
 
-    mib = 1024.0 ** 2
-    print('\nAt each epoch end (MiB; trainer, then each worker: RSS/USS/PSS):')
-    printed = set()
-    for seconds, step, rows in samples:
-        if step in printed:
-            continue
-        printed.add(step)
-        cells = ['{} {:.0f}/{:.0f}/{:.0f}'.format(role[0], rss / mib, uss / mib, pss / mib)
-                 for _, (role, rss, uss, pss) in sorted(rows.items()) if role != 'resource_tracker']
-        print('step {:5d} {:6.0f} s  {}'.format(step, seconds, '  '.join(cells)))
-
-    first = next(s for s in samples if s[1] >= args.from_step)
-    print('\nGrowth of each process from step {} (t={:.0f} s) to its last sample (the workers end with '
-          'training, before the trainer), and its largest value after step {}:'.format(
-              first[1], first[0], args.from_step))
-    for pid, (role, rss0, uss0, pss0) in sorted(first[2].items()):
-        if role == 'resource_tracker':
-            continue
-        later = [(seconds, step, rows[pid]) for seconds, step, rows in samples if pid in rows and seconds >= first[0]]
-        seconds, step, (_, rss, uss, pss) = later[-1]
-        peak = max(row[1] for _, _, row in later)
-        print('  {:8s} pid {:7d} to step {} (t={:.0f} s): RSS {:6.0f} -> {:6.0f} MiB ({:+.1f}%, largest {:.0f})  '
-              'USS {:6.0f} -> {:6.0f} MiB ({:+.1f}%)  PSS {:6.0f} -> {:6.0f} MiB ({:+.1f}%)'.format(
-                  role, pid, step, seconds, rss0 / mib, rss / mib, 100.0 * (rss - rss0) / rss0, peak / mib,
-                  uss0 / mib, uss / mib, 100.0 * (uss - uss0) / uss0, pss0 / mib, pss / mib,
-                  100.0 * (pss - pss0) / max(pss0, 1)))
+    report(samples, args.from_step)
     return 0
 
 
