@@ -101,7 +101,8 @@ def main():
     print('{} ({:.0f} MB); load average {}; {} CPUs'.format(
         json_path, os.path.getsize(json_path) / 1e6, ' '.join('{:.1f}'.format(v) for v in os.getloadavg()),
         os.cpu_count()))
-    pattern = os.path.join(os.path.dirname(json_path), args.cache_dir, os.path.basename(json_path) + '.*.roidbs')
+    pattern = os.path.join(os.path.normpath(os.path.join(os.path.dirname(json_path), args.cache_dir)),
+                           os.path.basename(json_path) + '.*.roidbs')
     for path in glob.glob(pattern):
         os.remove(path)   # a cold start
     rows = []
