@@ -167,15 +167,18 @@ _declare('MODE_FPN', True, 'True: ResNet-FPN; False: ResNet-C4')
 
 # dataset ---------------------------------------------------------------------------------
 _declare('DATA.BASEDIR', '/path/to/your/DATA/DIR', 'root of the datasets; ~ is expanded')
-_declare('DATA.TRAIN', ('coco_train2017',), 'registered split names, concatenated for training',
+_declare('DATA.TRAIN', ('coco_train2017',), 'split names (registered, coco_<split> or coco:<json>:<image_dir>), '
+         'concatenated for training',
          types=(str, list, tuple))
-_declare('DATA.VAL', ('coco_val2017',), 'registered split names, each evaluated on its own',
+_declare('DATA.VAL', ('coco_val2017',), 'split names like DATA.TRAIN, each evaluated on its own',
          types=(str, list, tuple))
 _derived('DATA.NUM_CATEGORY', -1, 'number of classes without background, from the first TRAIN split')
 _derived('DATA.CLASS_NAMES', [], "NUM_CATEGORY + 1 names, 'BG' first, from the first TRAIN split")
 _declare('DATA.ABSOLUTE_COORD', True, 'True: roidb boxes are pixels; False: fractions of the image size in [0, 1]')
 _declare('DATA.FILTER_EMPTY_ANNOTATIONS', True, 'drop training images that have no non-crowd box')
 _declare('DATA.NUM_WORKERS', 10, 'data-loading processes (per rank under Horovod); 0 loads in the main process')
+_declare('DATA.ROIDB_CACHE', '', "(new) directory of the memory-mapped roidb cache of COCO-format jsons, "
+         "relative to the json's ('.': beside it); '' parses the json every time")
 _declare('DATA.SEED', 42, '(new) seed of shuffling and augmentation; Horovod rank r uses SEED + r, '
          'also for its graph')
 

@@ -31,6 +31,7 @@ from tensorpack.utils import logger
 
 from config import config as cfg, finalize_configs
 from dataset import DatasetRegistry, register_balloon, register_coco, register_shapes
+from dataset.dataset import file_label
 from utils import tensor_names
 from utils.checkpoint_check import CheckedRestore
 from utils.checkpoints import resolve_model_path
@@ -113,8 +114,9 @@ def unused_path(directory, stem, suffix='.png'):
 
 
 def evaluation_output_path(output_file, split):
-    """`OUT.json-<split>`, or `OUT.json-<split>-1`, ... if that exists already (never overwritten)."""
-    wanted = '{}-{}'.format(output_file, split)
+    """`OUT.json-<split>`, or `OUT.json-<split>-1`, ... if that exists already (never overwritten).
+    A split name with a path in it is shortened by `file_label`."""
+    wanted = '{}-{}'.format(output_file, file_label(split))
     path = unused_path(os.path.dirname(wanted), os.path.basename(wanted), suffix='')
     if path != wanted:
         logger.warn('{} exists already; writing the detections of {} to {} instead.'.format(wanted, split, path))
@@ -241,7 +243,7 @@ def main(argv=None):
     args = parse_args(argv)
     cfg.update_args(args.config)
     basedir = os.path.expanduser(cfg.DATA.BASEDIR)
-    register_coco(basedir)
+    register_coco(basedir, cfg.DATA.ROIDB_CACHE)
     register_balloon(basedir)
     register_shapes(basedir)
     finalize_configs(is_training=False, devices=detect_devices(cfg.TRAINER, setup_horovod=False))

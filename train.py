@@ -46,9 +46,9 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def register_datasets(basedir):
+def register_datasets(basedir, roidb_cache=''):
     """Make every dataset family resolvable by name; nothing is read until a split is used."""
-    register_coco(basedir)
+    register_coco(basedir, roidb_cache)
     register_balloon(basedir)
     register_shapes(basedir)
 
@@ -143,7 +143,7 @@ def log_precision():
 def main(argv=None):
     args = parse_args(argv)
     cfg.update_args(args.config)
-    register_datasets(os.path.expanduser(cfg.DATA.BASEDIR))
+    register_datasets(os.path.expanduser(cfg.DATA.BASEDIR), cfg.DATA.ROIDB_CACHE)
 
     is_horovod = cfg.TRAINER == 'horovod'
     validate_config()   # before Horovod starts, so a bad value fails once, not once per rank

@@ -15,10 +15,11 @@ import numpy as np
 from utils import logs as logger
 from utils.logs import progress
 
+from dataset import roidb_cache
 from dataset.coco_eval import clean_result, coco_from_dict, evaluate_coco
 from dataset.dataset import DatasetRegistry, DatasetSplit
 
-__all__ = ['COCOFormatSplit', 'COCODetection', 'register_coco']
+__all__ = ['COCOFormatSplit', 'COCODetection', 'register_coco', 'parse_explicit_name']
 
 # COCO splits whose images live in a directory of another name.
 _COCO_IMAGE_DIRS = {
@@ -80,6 +81,17 @@ def _checked_bbox(ann, where):
     return values
 
 
+_DIGESTS = {}   # (json path, image dir, size, mtime) -> digest: hashed once per process
+
+
+def _digest(json_path, image_dir):
+    stat = os.stat(json_path)
+    key = (json_path, image_dir, stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = roidb_cache.json_digest(json_path, image_dir)
+    return _DIGESTS[key]
+
+
 class COCOFormatSplit(DatasetSplit):
     """A split given by a COCO-format json and the directory its `file_name`s are relative to.
 
@@ -89,6 +101,10 @@ class COCOFormatSplit(DatasetSplit):
         name: name used in log messages (defaults to the json's file name).
         prepare: optional zero-argument callable run before the json is first read, e.g. to
             create the data on demand.
+        roidb_cache: '' or None to parse the json every time; else the directory of the
+            on-disk roidb cache (dataset/roidb_cache.py), relative to the json's directory
+            ('.' is beside the json). The training roidbs and the class names are then read
+            from the cache, which is made on first use and whenever the json changes.
 
     Bad input, checked when roidbs are loaded: a missing json or image file raises
     FileNotFoundError; a json that does not parse, an image without a positive width/height,
@@ -101,14 +117,16 @@ class COCOFormatSplit(DatasetSplit):
     clipped to the json's size.
     """
 
-    def __init__(self, json_path, image_dir, name=None, prepare=None):
+    def __init__(self, json_path, image_dir, name=None, prepare=None, roidb_cache=None):
         self.json_path = os.path.abspath(os.path.expanduser(json_path))
         self.image_dir = os.path.abspath(os.path.expanduser(image_dir))
         self.name = name or os.path.basename(self.json_path)
+        self.roidb_cache = roidb_cache or None
         self._prepare = prepare
         self._categories = None
+        self._drop_summary = ''
 
-    def _load_json(self):
+    def _check_json(self):
         if self._prepare is not None:
             self._prepare()
             self._prepare = None
@@ -117,25 +135,74 @@ class COCOFormatSplit(DatasetSplit):
                 "Annotation file {} of dataset '{}' does not exist. Expected a COCO-format layout: "
                 "BASEDIR/annotations/instances_<split>.json with the images in BASEDIR/<split>/ "
                 "(set DATA.BASEDIR to BASEDIR).".format(self.json_path, self.name))
+
+    def _load_json(self):
+        self._check_json()
         logger.info("Loading annotations of '{}' from {} ...".format(self.name, self.json_path))
         dataset = _read_json(self.json_path)
         self._categories = sorted_categories(dataset, self.json_path)
         return dataset
 
+    def _load_categories(self):
+        if not self.roidb_cache:
+            self._load_json()
+            return
+        path = self._cache_file()
+        try:
+            self._categories = roidb_cache.read_header(path)['categories']
+        except (OSError, ValueError, KeyError):
+            # no cache yet (or a bad one): make it now, so that the json is parsed once, not
+            # once for the class names and again for the roidbs
+            self._cached_training_roidbs()
+
     def category_ids(self):
         """list[int]: the json's category ids; class k (1..K) has id `category_ids()[k - 1]`."""
         if self._categories is None:
-            self._load_json()
+            self._load_categories()
         return [c['id'] for c in self._categories]
 
     def class_names(self):
         """list[str]: ['BG'] followed by the category names in class order (1..K)."""
         if self._categories is None:
-            self._load_json()
+            self._load_categories()
         return ['BG'] + [c['name'] for c in self._categories]
 
     def training_roidbs(self):
+        if self.roidb_cache:
+            return self._cached_training_roidbs()
         return self._load_roidbs(add_gt=True)
+
+    def _cache_file(self):
+        self._check_json()
+        return roidb_cache.cache_file(self.json_path, _digest(self.json_path, self.image_dir), self.roidb_cache)
+
+    def _cached_training_roidbs(self):
+        """The training roidbs from the cache file of this json, made first if there is none
+        (or if it cannot be read)."""
+        path = self._cache_file()
+        if os.path.isfile(path):
+            try:
+                return self._read_cache(path)
+            except (OSError, ValueError, KeyError) as err:
+                logger.warn('Cannot read the roidb cache {} ({}); making it again.'.format(path, err))
+        roidbs = self._load_roidbs(add_gt=True)
+        try:
+            roidb_cache.write_cache(path, roidbs, self._categories, self._drop_summary)
+        except OSError as err:
+            logger.warn("Cannot write the roidb cache {} ({}); continuing without it. Set DATA.ROIDB_CACHE "
+                        "to a writable directory, or to '' to turn the cache off.".format(path, err))
+            return roidbs
+        logger.info("Roidbs of '{}' cached in {}.".format(self.name, path))
+        del roidbs   # served from the mapped file like every later start
+        return self._read_cache(path)
+
+    def _read_cache(self, path):
+        roidbs, header = roidb_cache.read_cache(path)
+        self._categories = header['categories']
+        self._check_files_exist(roidbs)
+        logger.info("Loaded {} images and {} instances of '{}'{} (from the roidb cache {}).".format(
+            len(roidbs), sum(len(r['class']) for r in roidbs), self.name, header['summary'], path))
+        return roidbs
 
     def inference_roidbs(self):
         return self._load_roidbs(add_gt=False)
@@ -168,8 +235,9 @@ class COCOFormatSplit(DatasetSplit):
         for roidb in progress(roidbs, desc='Reading ' + self.name, disable=len(roidbs) < 1000):
             self._add_instances(roidb, annotations_by_image[roidb['image_id']], class_of_id, has_masks, drops)
             num_instances += len(roidb['class'])
+        self._drop_summary = drops.summary()
         logger.info("Loaded {} images and {} instances of '{}'{}.".format(
-            len(roidbs), num_instances, self.name, drops.summary()))
+            len(roidbs), num_instances, self.name, self._drop_summary))
         return roidbs
 
     def _image_entry(self, img):
@@ -282,20 +350,59 @@ class COCODetection(COCOFormatSplit):
         basedir/{split}/*.jpg   (val2014 for minival2014 / valminusminival2014)
     """
 
-    def __init__(self, basedir, split):
+    def __init__(self, basedir, split, roidb_cache=None):
         basedir = os.path.expanduser(basedir)
         super().__init__(os.path.join(basedir, 'annotations', 'instances_{}.json'.format(split)),
-                         os.path.join(basedir, _COCO_IMAGE_DIRS.get(split, split)), name='coco_' + split)
+                         os.path.join(basedir, _COCO_IMAGE_DIRS.get(split, split)), name='coco_' + split,
+                         roidb_cache=roidb_cache)
 
 
-def register_coco(basedir):
-    """Register coco_train2017, coco_val2017, coco_train2014, coco_val2014, coco_minival2014,
-    coco_valminusminival2014 (and coco_val2017_100) under `basedir`, without reading any file.
+# The explicit form of a split name: a json and an image directory anywhere.
+EXPLICIT_PREFIX = 'coco:'
+EXPLICIT_FORM = 'coco:<json>:<image_dir>'
 
-    Their 'class_names' metadata is read from the split's json when first asked for.
+
+def _register_split(name, make_split):
+    DatasetRegistry.register(name, make_split)
+    DatasetRegistry.register_lazy_metadata(name, 'class_names', lambda: make_split().class_names())
+
+
+def parse_explicit_name(name, basedir):
+    """(json path, image dir) of a name of the form 'coco:<json>:<image_dir>'; relative paths
+    are taken from `basedir`. ValueError if the name does not have that form."""
+    parts = name[len(EXPLICIT_PREFIX):].split(':') if name.startswith(EXPLICIT_PREFIX) else []
+    if len(parts) != 2 or not all(parts):
+        raise ValueError("Dataset name {!r} is not of the form '{}' (a COCO-format json and the directory "
+                         "its file_names are relative to, separated by ':'; the paths themselves may not "
+                         "contain ':'), e.g. 'coco:annotations/train.json:train_images'.".format(
+                             name, EXPLICIT_FORM))
+    return tuple(os.path.join(basedir, os.path.expanduser(part)) for part in parts)
+
+
+def register_coco(basedir, roidb_cache=''):
+    """Make COCO-format splits resolvable by name under `basedir`, without reading any file:
+
+      coco_<split>              basedir/annotations/instances_<split>.json, images in
+                                basedir/<split>/ (any split name; for COCO's own splits
+                                minival2014 etc. the images are in the directory COCO uses);
+      coco:<json>:<image_dir>   any json and image directory; relative paths are taken
+                                from `basedir`.
+
+    COCO's own splits (coco_train2017, coco_val2017, ...) are also listed by name. The
+    'class_names' metadata of a split is read from its json when first asked for.
+    `roidb_cache`: see COCOFormatSplit (DATA.ROIDB_CACHE).
     """
+    basedir = os.path.expanduser(basedir)
     for split in COCO_SPLITS:
-        name = 'coco_' + split
-        DatasetRegistry.register(name, lambda split=split: COCODetection(basedir, split))
-        DatasetRegistry.register_lazy_metadata(
-            name, 'class_names', lambda split=split: COCODetection(basedir, split).class_names())
+        _register_split('coco_' + split, lambda split=split: COCODetection(basedir, split, roidb_cache))
+
+    def resolve_split(name):
+        split = name[len('coco_'):]
+        _register_split(name, lambda: COCODetection(basedir, split, roidb_cache))
+
+    def resolve_explicit(name):
+        json_path, image_dir = parse_explicit_name(name, basedir)
+        _register_split(name, lambda: COCOFormatSplit(json_path, image_dir, name=name, roidb_cache=roidb_cache))
+
+    DatasetRegistry.register_prefix('coco_', resolve_split, 'coco_<split>')
+    DatasetRegistry.register_prefix(EXPLICIT_PREFIX, resolve_explicit, EXPLICIT_FORM)

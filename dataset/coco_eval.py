@@ -44,10 +44,14 @@ def coco_from_dict(dataset):
     """A pycocotools `COCO` built from an already parsed COCO-format dict (no file access).
 
     Fills the fields COCOeval needs but hand-written jsons may lack: `iscrowd` (0) and
-    `area` (box area). Mutates `dataset`.
+    `area` (box area). Annotation ids are renumbered 1..N in the order of the list: COCOeval
+    records a match by the ground truth's id and reads id 0 as "unmatched", so a json that
+    numbers its annotations from 0 (or repeats an id) would be scored wrong; results never
+    refer to these ids. Mutates `dataset`.
     """
     from pycocotools.coco import COCO
-    for ann in dataset.get('annotations', []):
+    for number, ann in enumerate(dataset.get('annotations', []), 1):
+        ann['id'] = number
         ann.setdefault('iscrowd', 0)
         if 'area' not in ann:
             ann['area'] = float(ann['bbox'][2]) * float(ann['bbox'][3])

@@ -6,9 +6,11 @@ these two classes: it asks the registry for a split by the name given in
 
 Shape shorthand: N instances in one image, P points in one polygon, K foreground classes.
 """
+import re
+
 from utils import logs as logger
 
-__all__ = ['DatasetSplit', 'DatasetRegistry']
+__all__ = ['DatasetSplit', 'DatasetRegistry', 'file_label']
 
 
 class DatasetSplit:
@@ -85,10 +87,15 @@ class DatasetRegistry:
 
     Registering a name that exists already replaces it (with a log line): entry scripts call
     `register_*` at start-up, and doing that twice must be harmless.
+
+    Besides fixed names, a family may claim every name that starts with a prefix
+    (`register_prefix`), e.g. 'coco_' for any split in COCO's layout: such a name is registered
+    the first time it is asked for.
     """
 
     _registry = {}
     _metadata = {}   # name -> {key: _LazyValue}
+    _prefixes = {}   # prefix -> (resolve, description)
 
     @staticmethod
     def register(name, func):
@@ -104,12 +111,40 @@ class DatasetRegistry:
         DatasetRegistry._registry[name] = func
 
     @staticmethod
+    def register_prefix(prefix, resolve, description):
+        """Let `resolve(name)` register any not yet registered name that starts with `prefix`.
+
+        `resolve` is called by `get` / `get_metadata` with the full name and must register it
+        (with `register` and its metadata) or raise ValueError saying what is wrong with the
+        name. `description` shows the form in error messages, e.g. 'coco_<split>'. The longest
+        matching prefix wins.
+        """
+        if not callable(resolve):
+            raise TypeError("register_prefix('{}', resolve): resolve must be a callable".format(prefix))
+        DatasetRegistry._prefixes[prefix] = (resolve, description)
+
+    @staticmethod
+    def _resolve(name):
+        """Register `name` through its prefix if it is not registered yet and a prefix claims it."""
+        if name in DatasetRegistry._registry or not isinstance(name, str):
+            return
+        claims = [prefix for prefix in DatasetRegistry._prefixes if name.startswith(prefix) and name != prefix]
+        if claims:
+            DatasetRegistry._prefixes[max(claims, key=len)][0](name)
+
+    @staticmethod
+    def _forms():
+        forms = sorted(description for _, description in DatasetRegistry._prefixes.values())
+        return ' Names of the forms {} are resolved too.'.format(', '.join(forms)) if forms else ''
+
+    @staticmethod
     def get(name):
         """Build and return the `DatasetSplit` registered as `name`. KeyError if unknown."""
+        DatasetRegistry._resolve(name)
         if name not in DatasetRegistry._registry:
-            raise KeyError("Dataset '{}' is not registered. Registered datasets: {}. Register it "
+            raise KeyError("Dataset '{}' is not registered. Registered datasets: {}.{} Register it "
                            "with one of the dataset.register_* functions first.".format(
-                               name, _names_list(DatasetRegistry._registry)))
+                               name, _names_list(DatasetRegistry._registry), DatasetRegistry._forms()))
         return DatasetRegistry._registry[name]()
 
     @staticmethod
@@ -134,11 +169,18 @@ class DatasetRegistry:
     @staticmethod
     def get_metadata(name, key):
         """The metadata `key` of split `name`. KeyError naming what is missing if unknown."""
+        DatasetRegistry._resolve(name)
         entries = DatasetRegistry._metadata.get(name)
         if entries is None:
-            raise KeyError("No metadata for dataset '{}'. Datasets with metadata: {}.".format(
-                name, _names_list(DatasetRegistry._metadata)))
+            raise KeyError("No metadata for dataset '{}'. Datasets with metadata: {}.{}".format(
+                name, _names_list(DatasetRegistry._metadata), DatasetRegistry._forms()))
         if key not in entries:
             raise KeyError("Dataset '{}' has no metadata '{}'. Its metadata keys: {}.".format(
                 name, key, _names_list(entries)))
         return entries[key].get()
+
+
+def file_label(name):
+    """`name` made safe as part of a file name or a summary tag: characters other than
+    letters, digits and `_.+-` (e.g. the slashes of a path in the name) become '_'."""
+    return re.sub(r'[^A-Za-z0-9_.+-]+', '_', name).strip('_') or '_'

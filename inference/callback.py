@@ -178,12 +178,13 @@ class EvalCallback(Callback):
             all_results = multithread_predict_dataflow(self._dataflows, self._predictors, **self._settings)
 
         from dataset import DatasetRegistry
+        from dataset.dataset import file_label
 
-        output_file = os.path.join(self._output_dir, '{}-outputs{}.json'.format(
-            self._eval_dataset, self.global_step))
+        label = file_label(self._eval_dataset)   # the name itself unless it holds a path
+        output_file = os.path.join(self._output_dir, '{}-outputs{}.json'.format(label, self.global_step))
         scores = DatasetRegistry.get(self._eval_dataset).eval_inference_results(all_results, output_file)
         for name, value in scores.items():
-            self.trainer.monitors.put_scalar('{}-{}'.format(self._eval_dataset, name), value)
+            self.trainer.monitors.put_scalar('{}-{}'.format(label, name), value)
 
     def _trigger_epoch(self):
         if self.epoch_num in self._epochs_to_eval:

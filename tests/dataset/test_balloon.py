@@ -19,6 +19,7 @@ def demo_dir(tmp_path_factory):
 def test_synthetic_dataset_loads_with_both_base_directories(demo_dir, monkeypatch):
     monkeypatch.setattr(DatasetRegistry, '_registry', {})
     monkeypatch.setattr(DatasetRegistry, '_metadata', {})
+    monkeypatch.setattr(DatasetRegistry, '_prefixes', {})
     for basedir in (demo_dir, demo_dir / 'balloon'):   # DATA.BASEDIR=~/data or ~/data/balloon
         register_balloon(str(basedir))
         assert DatasetRegistry.get_metadata('balloon_val', 'class_names') == ['BG', 'balloon']

@@ -178,6 +178,7 @@ def test_missing_json_explains_layout(tmp_path):
 def test_register_coco_touches_no_file(tmp_path, monkeypatch):
     monkeypatch.setattr(DatasetRegistry, '_registry', {})
     monkeypatch.setattr(DatasetRegistry, '_metadata', {})
+    monkeypatch.setattr(DatasetRegistry, '_prefixes', {})
     register_coco(str(tmp_path / 'nowhere'))
     for name in ('coco_train2017', 'coco_val2017', 'coco_train2014', 'coco_val2014', 'coco_minival2014',
                  'coco_valminusminival2014'):

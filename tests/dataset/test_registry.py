@@ -9,6 +9,7 @@ def empty_registry(monkeypatch):
     """Each test gets its own registry; the process-wide one is restored afterwards."""
     monkeypatch.setattr(DatasetRegistry, '_registry', {})
     monkeypatch.setattr(DatasetRegistry, '_metadata', {})
+    monkeypatch.setattr(DatasetRegistry, '_prefixes', {})
 
 
 class _Split(DatasetSplit):

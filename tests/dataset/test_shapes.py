@@ -21,6 +21,7 @@ def _rasterize(polygons, size):
 def registry(monkeypatch):
     monkeypatch.setattr(DatasetRegistry, '_registry', {})
     monkeypatch.setattr(DatasetRegistry, '_metadata', {})
+    monkeypatch.setattr(DatasetRegistry, '_prefixes', {})
 
 
 def test_mask_to_polygons_follows_pixel_edges():
