@@ -154,6 +154,9 @@ def main(argv=None):
     if is_horovod:
         import horovod.tensorflow as hvd
         rank = hvd.rank()
+        # which host a rank is on, as Horovod sees it: the first host's ranks are 0 .. local size - 1
+        logger.info('Horovod rank {} of {}: local rank {} of {}'.format(rank, hvd.size(), hvd.local_rank(),
+                                                                      hvd.local_size()))
         # Ranks start from different random variables (rank 0's are broadcast) and draw
         # different random samples in the graph, reproducibly.
         tf.set_random_seed(cfg.DATA.SEED + rank)

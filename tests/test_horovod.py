@@ -90,6 +90,13 @@ def horovodrun_train(workdir, logdir, config, extra_args=()):
     return run_command(cmd, workdir, os.path.join(os.path.dirname(workdir), os.path.basename(workdir) + '.log'))
 
 
+def predict_evaluate(logdir, data_dir, workdir):
+    """`predict.py --evaluate out.json` of `logdir`'s newest checkpoint in `workdir`: (returncode, output)."""
+    cmd = [sys.executable, os.path.join(ROOT, 'predict.py'), '--load', logdir, '--evaluate', 'out.json',
+           '--config', 'DATA.BASEDIR=' + data_dir] + MODEL_CONFIG
+    return run_command(cmd, workdir, os.path.join(workdir, 'predict.log'))
+
+
 def tail(output):
     """The end of a run's output for an assertion message, without TensorFlow's cost-model noise."""
     return '\n'.join(line for line in output.splitlines() if 'PredictCost' not in line)[-6000:]
@@ -220,9 +227,7 @@ def test_schedule_is_scaled_for_two_ranks(finished_main_run):
 @needs_horovod
 def test_final_checkpoint_evaluates_with_predict(finished_main_run, tmp_path):
     run = finished_main_run
-    cmd = [sys.executable, os.path.join(ROOT, 'predict.py'), '--load', run.logdir, '--evaluate', 'out.json',
-           '--config', 'DATA.BASEDIR=' + run.data_dir] + MODEL_CONFIG
-    returncode, output = run_command(cmd, str(tmp_path), str(tmp_path / 'predict.log'))
+    returncode, output = predict_evaluate(run.logdir, run.data_dir, str(tmp_path))
     assert returncode == 0, tail(output)
     assert 'Restoring checkpoint from {}'.format(os.path.join(run.logdir, 'model-30')) in output
     with open(tmp_path / 'out.json-coco_val2017') as f:
