@@ -22,7 +22,7 @@ DEMO_DIR ?= train_log/demo
 
 HOROVOD_STAMP := $(VENV)/.horovod-installed
 
-.PHONY: venv horovod demo test check-stack lint bench bench-peers gpu-check
+.PHONY: venv horovod demo test test-distributed check-stack lint bench bench-peers gpu-check
 
 venv: $(STAMP)
 
@@ -72,8 +72,14 @@ demo: venv
 # end-to-end training on images without objects runs both settings itself.
 test: venv horovod
 	$(PY) -m ruff check .
-	TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m pytest tests -q
+	TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m pytest tests -q -m "not distributed"
 	TF_ENABLE_ONEDNN_OPTS=0 $(PY) -m pytest tests/modeling -q
+
+# Horovod on two hosts made of network namespaces, joined by a veth pair, with an sshd on the
+# second (about 3 minutes; needs root; installs iproute2, util-linux and OpenSSH with apt-get).
+test-distributed: venv horovod
+	tools/install_two_host_deps.sh
+	TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m pytest -m distributed tests/test_horovod_two_hosts.py -q
 
 # What shows that a stack works, shorter than `test` (CI runs it on the newest corner with
 # NEWEST=1 VENV=.venv-newest): the model tests with oneDNN on and off, the end-to-end
