@@ -12,7 +12,7 @@ from utils.tf_compat import tf  # before tensorpack, which imports TensorFlow
 from tensorpack.callbacks import Callback
 from tensorpack.utils import logger
 
-from inference.run import InferenceSettings, multithread_predict_dataflow, predict_dataflow
+from inference.run import InferenceSettings, PredictionAbandoned, multithread_predict_dataflow, predict_dataflow
 
 __all__ = ['EvalSettings', 'epochs_to_evaluate', 'variables_read_by', 'EvalCallback']
 
@@ -69,8 +69,10 @@ class EvalCallback(Callback):
     _chief_only = False   # horovod ranks other than 0 predict too
     _own_session = False  # set by _setup_graph: True when TEST.AMP differs from TRAIN.AMP
 
-    def __init__(self, eval_dataset, in_names, out_names, output_dir, settings):
-        """`settings`: an EvalSettings (`EvalSettings.from_config(cfg)`)."""
+    def __init__(self, eval_dataset, in_names, out_names, output_dir, settings, should_stop=None):
+        """`settings`: an EvalSettings (`EvalSettings.from_config(cfg)`). `should_stop`: None, or a
+        callable asked before each image; True abandons the evaluation (train.py: after SIGTERM)."""
+        self._should_stop = should_stop
         self._eval_dataset = eval_dataset
         self._in_names, self._out_names = list(in_names), list(out_names)
         self._output_dir = output_dir
@@ -154,7 +156,8 @@ class EvalCallback(Callback):
         part_files = [os.path.join(self._output_dir, 'outputs{}-part{}.json'.format(self.global_step, rank))
                       for rank in range(hvd.local_size())]
         if self._predict_here:
-            local_results = predict_dataflow(self._dataflow, self._predictor, **self._settings)
+            local_results = predict_dataflow(self._dataflow, self._predictor, should_stop=self._should_stop,
+                                             **self._settings)
             with open(part_files[hvd.local_rank()], 'w') as f:
                 json.dump(local_results, f)
         self._barrier.eval()   # every part file is written once all ranks pass this
@@ -175,7 +178,8 @@ class EvalCallback(Callback):
             if all_results is None:
                 return
         else:
-            all_results = multithread_predict_dataflow(self._dataflows, self._predictors, **self._settings)
+            all_results = multithread_predict_dataflow(self._dataflows, self._predictors, should_stop=self._should_stop,
+                                                       **self._settings)
 
         from dataset import DatasetRegistry
 
@@ -188,4 +192,8 @@ class EvalCallback(Callback):
     def _trigger_epoch(self):
         if self.epoch_num in self._epochs_to_eval:
             logger.info("Running evaluation on {} ...".format(self._eval_dataset))
-            self._eval()
+            try:
+                self._eval()
+            except PredictionAbandoned as abandoned:
+                logger.warn('Evaluation of {} at global_step={} abandoned ({}): training is stopping.'.format(
+                    self._eval_dataset, self.global_step, abandoned))

@@ -3,6 +3,7 @@
 The end-to-end tests run train.py on a tiny model over a 4-image COCO-format set made in
 tmp_path, each in its own process group, killed when it overruns its timeout: no test can hang.
 """
+import gc
 import json
 import os
 import signal
@@ -19,7 +20,9 @@ from tensorpack.dataflow import DataFlow, DataFlowTerminated
 
 import data
 from common import SpawnMultiProcessMapData
+from tests.tf_helpers import train_tiny_model
 from utils import checkpoints, failures, tensor_names, workers
+from utils.tf_compat import tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_SECONDS = 300   # per train.py run; slow machines take ~1 min to build the graph
@@ -61,17 +64,20 @@ def write_coco_split(basedir, annotate=True, unreadable=False, num_images=4, siz
 
 
 class TrainRun:
-    """train.py in its own process group, its output in a file; kill_group() cleans up whatever is left."""
+    """train.py in its own process group, its output in a file; kill_group() cleans up whatever is left.
 
-    def __init__(self, tmp_path, basedir, config, name='run'):
-        self.logdir = str(tmp_path / (name + '_log'))
+    logdir: its --logdir (tmp_path/NAME_log when None); preexec_fn: run in the child before train.py.
+    """
+
+    def __init__(self, tmp_path, basedir, config, name='run', logdir=None, preexec_fn=None):
+        self.logdir = logdir or str(tmp_path / (name + '_log'))
         self.output_path = str(tmp_path / (name + '.out'))
         env = dict(os.environ, PYTHONUNBUFFERED='1', TF_CPP_MIN_LOG_LEVEL='2')
         cmd = [sys.executable, os.path.join(ROOT, 'train.py'), '--logdir', self.logdir, '--config',
                'DATA.BASEDIR=' + basedir] + config
         with open(self.output_path, 'w') as out:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+                                         start_new_session=True, preexec_fn=preexec_fn)
 
     def output(self):
         with open(self.output_path) as f:
@@ -179,6 +185,26 @@ def test_training_failed_log_line_keeps_its_step(log_messages):
     failures.fix_tensorpack_log_format()
     logger.error("Training failed at global_step=", 7)   # tensorpack's own call, in its main loop
     assert log_messages[-1] == 'Training failed at global_step=7'
+
+
+def test_an_out_of_range_error_not_from_the_input_is_a_failure():
+    """tensorpack's loop takes an OutOfRangeError from anywhere (here a callback after epoch 1) for the end
+    of the data and returns; the guard says so, with the error, after the trainer is gone."""
+    from tensorpack.callbacks import Callback
+    from tensorpack.dataflow import DataFromList
+
+    class FailsAfterEpoch1(Callback):
+        def _trigger_epoch(self):
+            raise tf.errors.OutOfRangeError(None, None, '/logs/events.out: File too large')
+
+    recorder = failures.InputFailureRecorder(DataFromList([[np.float32(1.)]], shuffle=False))
+    guard = failures.TrainingGuard(recorder)
+    train_tiny_model([guard, FailsAfterEpoch1()], steps_per_epoch=2, max_epoch=5, dataflow=recorder)
+    gc.collect()   # the trainer is gone, as in train.py
+    with pytest.raises(RuntimeError) as caught:
+        guard.raise_if_incomplete()
+    assert str(caught.value) == ('Training stopped at global_step=2 before the end of its schedule (5 epochs): '
+                                 '/logs/events.out: File too large')
 
 
 class _FailingAfter(DataFlow):
