@@ -189,6 +189,8 @@ _derived('DATA.NUM_CATEGORY', -1, 'number of classes without background, from th
 _derived('DATA.CLASS_NAMES', [], "NUM_CATEGORY + 1 names, 'BG' first, from the first TRAIN split")
 _declare('DATA.ABSOLUTE_COORD', True, 'True: roidb boxes are pixels; False: fractions of the image size in [0, 1]')
 _declare('DATA.FILTER_EMPTY_ANNOTATIONS', True, 'drop training images that have no non-crowd box')
+_declare('DATA.EXIF_ORIENTATION', 'apply', "(new) 'apply': a JPEG's EXIF orientation rotates its pixels before "
+         "its annotations apply (OpenCV, detectron2); 'ignore': annotations are of the pixels as stored")
 _declare('DATA.NUM_WORKERS', 10, 'data-loading processes (per rank under Horovod); 0 loads in the main process')
 _declare('DATA.SEED', 42, '(new) seed of shuffling and augmentation; Horovod rank r uses SEED + r, '
          'also for its graph')
@@ -301,6 +303,7 @@ _DEFAULTS = copy.deepcopy(_C.__dict__)
 # tests/modeling/test_params.py checks against the tables that implement them.
 _VALID = {
     'TRAINER': ('replicated', 'horovod'),
+    'DATA.EXIF_ORIENTATION': ('apply', 'ignore'),
     'BACKBONE.NORM': model_params.BACKBONE_NORMS,
     'BACKBONE.FREEZE_AT': model_params.FREEZE_AT_VALUES,
     'BACKBONE.DATA_FORMAT': (None,) + model_params.DATA_FORMATS,

@@ -24,7 +24,8 @@ class EvalSettings(collections.namedtuple('EvalSettings', [
         'horovod',       # TRAINER == 'horovod'
         'test_amp',      # TEST.AMP: mixed precision of the predictors
         'train_amp',     # TRAIN.AMP: that of the training session
-])):
+        'apply_exif_orientation',   # DATA.EXIF_ORIENTATION == 'apply'
+], defaults=(True,))):
     """Everything EvalCallback reads, as one frozen record."""
 
     __slots__ = ()
@@ -34,7 +35,7 @@ class EvalSettings(collections.namedtuple('EvalSettings', [
         """The settings of a finalized config `cfg`."""
         return cls(inference=InferenceSettings.from_config(cfg), eval_period=cfg.TRAIN.EVAL_PERIOD,
                    num_gpus=cfg.derived.num_gpus, horovod=cfg.TRAINER == 'horovod', test_amp=cfg.TEST.AMP,
-                   train_amp=cfg.TRAIN.AMP)
+                   train_amp=cfg.TRAIN.AMP, apply_exif_orientation=cfg.DATA.EXIF_ORIENTATION == 'apply')
 
 
 def epochs_to_evaluate(eval_period, max_epoch):
@@ -82,6 +83,7 @@ class EvalCallback(Callback):
         self._use_horovod = settings.horovod
         self._test_amp = settings.test_amp
         self._train_amp = settings.train_amp
+        self._apply_exif_orientation = settings.apply_exif_orientation
 
     def _setup_graph(self):
         from dataflow.build import get_eval_dataflow
@@ -97,13 +99,15 @@ class EvalCallback(Callback):
                 from utils.tf_compat import num_visible_gpus
                 self._predictor = self._build_predictor(0 if num_visible_gpus() > 0 else -1)
                 self._dataflow = get_eval_dataflow(self._eval_dataset, shard=hvd.local_rank(),
-                                                   num_shards=hvd.local_size())
+                                                   num_shards=hvd.local_size(),
+                                                   apply_exif_orientation=self._apply_exif_orientation)
             self._barrier = hvd.allreduce(tf.random_normal(shape=[1]))
         else:
             # Two predictors per GPU keep each GPU busy while the other thread post-processes.
             devices = [k % num_gpus for k in range(2 * num_gpus)] if num_gpus > 0 else [-1]
             self._predictors = [self._build_predictor(device) for device in devices]
-            self._dataflows = [get_eval_dataflow(self._eval_dataset, shard=k, num_shards=len(devices))
+            self._dataflows = [get_eval_dataflow(self._eval_dataset, shard=k, num_shards=len(devices),
+                                                 apply_exif_orientation=self._apply_exif_orientation)
                                for k in range(len(devices))]
 
         # Grappler's mixed-precision rewrite is a setting of the whole session: when TEST.AMP differs
