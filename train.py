@@ -68,7 +68,11 @@ def prepare_logdir(logdir, action, is_chief):
     taken_over = []
     lock = LogdirLock(logdir).acquire(log=taken_over.append)   # refuses a directory another run uses
     if action == 'backup' and set(os.listdir(logdir)) - {LOCK_NAME}:
-        backup = '{}.backup-{}'.format(logdir.rstrip('/'), time.strftime('%Y%m%d-%H%M%S'))
+        backup = stamped = '{}.backup-{}'.format(logdir.rstrip('/'), time.strftime('%Y%m%d-%H%M%S'))
+        suffix = 0
+        while os.path.exists(backup):   # two backups within a second: never move one into the other
+            suffix += 1
+            backup = '{}-{}'.format(stamped, suffix)
         shutil.move(logdir, backup)
         lock.release()
         print('Moved the existing {} to {}'.format(logdir, backup))
