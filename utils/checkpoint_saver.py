@@ -90,6 +90,7 @@ class CheckpointSaver(ModelSaver):
     """
 
     RETRIES = 1
+    _saved_step = None   # the step this saver last wrote
 
     def _setup_graph(self):
         super()._setup_graph()
@@ -116,13 +117,13 @@ class CheckpointSaver(ModelSaver):
     def _trigger(self):
         step = self.global_step
         prefix = '{}-{}'.format(self.path, step)
-        state = tf.train.get_checkpoint_state(self.checkpoint_dir)
-        if state is not None and os.path.basename(state.model_checkpoint_path) == os.path.basename(prefix):
-            return   # this step is saved already (SIGTERM right after a periodic save)
+        if step == self._saved_step:
+            return   # saved already by this run (SIGTERM right after a periodic save)
         for attempt in range(self.RETRIES + 1):
             try:
                 self.saver.save(tf.get_default_session(), self.path, global_step=step, write_meta_graph=False)
                 logger.info('Model saved to {}.'.format(prefix))
+                self._saved_step = step
                 return
             except (OSError, tf.errors.OpError) as err:
                 removed = remove_temporary_files(self.checkpoint_dir, prefix)
