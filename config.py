@@ -30,12 +30,14 @@ __all__ = ['config', 'finalize_configs', 'validate_config', 'derive_config', 'De
 
 
 class _Spec:
-    """What one key accepts: its default, a one-line description, the accepted types."""
+    """What one key accepts: its default, a one-line description, the accepted types, and for a list
+    value a template of its elements (a type tuple, or a list of one template for nested lists)."""
 
-    def __init__(self, default, doc, types):
+    def __init__(self, default, doc, types, elements=None):
         self.default = default
         self.doc = doc
         self.types = types
+        self.elements = elements if elements is not None else _element_template(default)
 
     def accepts_str(self):
         return str in self.types
@@ -124,11 +126,12 @@ _SPECS = {}     # 'DATA.TRAIN' -> _Spec
 _DERIVED = {}   # keys filled by finalize_configs -> doc
 
 
-def _declare(key, default, doc, types=None):
-    """Declare `key` with its default, a one-line description and (optionally) accepted types."""
+def _declare(key, default, doc, types=None, elements=None):
+    """Declare `key` with its default, a one-line description and (optionally) accepted types and, for
+    a list value, the accepted types of its elements (taken from the default's elements otherwise)."""
     if types is None:
         types = _types_of(default)
-    _SPECS[key] = _Spec(copy.deepcopy(default), doc, tuple(types))
+    _SPECS[key] = _Spec(copy.deepcopy(default), doc, tuple(types), elements)
     node = _C
     parts = key.split('.')
     for part in parts[:-1]:
@@ -160,6 +163,17 @@ def _types_of(default):
     raise TypeError('Declare the accepted types of a key whose default is {!r}'.format(default))
 
 
+def _element_template(default):
+    """The element types of a list default: a type tuple, [template] for a list of lists, or None."""
+    if not isinstance(default, (list, tuple)) or not default:
+        return None
+    if all(isinstance(e, (list, tuple)) for e in default):
+        inner = _element_template(default[0])
+        return [inner] if inner is not None else None
+    kinds = {_types_of(e) for e in default}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
 # mode flags ------------------------------------------------------------------------------
 _declare('TRAINER', 'replicated', "'replicated' (one or more GPUs, or the CPU) or 'horovod' (one process per GPU)")
 _declare('MODE_MASK', True, 'True: Mask R-CNN; False: Faster R-CNN')
@@ -169,13 +183,15 @@ _declare('MODE_FPN', True, 'True: ResNet-FPN; False: ResNet-C4')
 _declare('DATA.BASEDIR', '/path/to/your/DATA/DIR', 'root of the datasets; ~ is expanded')
 _declare('DATA.TRAIN', ('coco_train2017',), 'split names (registered, coco_<split> or coco:<json>:<image_dir>), '
          'concatenated for training',
-         types=(str, list, tuple))
+         types=(str, list, tuple), elements=(str,))
 _declare('DATA.VAL', ('coco_val2017',), 'split names like DATA.TRAIN, each evaluated on its own',
-         types=(str, list, tuple))
+         types=(str, list, tuple), elements=(str,))
 _derived('DATA.NUM_CATEGORY', -1, 'number of classes without background, from the first TRAIN split')
 _derived('DATA.CLASS_NAMES', [], "NUM_CATEGORY + 1 names, 'BG' first, from the first TRAIN split")
 _declare('DATA.ABSOLUTE_COORD', True, 'True: roidb boxes are pixels; False: fractions of the image size in [0, 1]')
 _declare('DATA.FILTER_EMPTY_ANNOTATIONS', True, 'drop training images that have no non-crowd box')
+_declare('DATA.EXIF_ORIENTATION', 'apply', "(new) 'apply': a JPEG's EXIF orientation rotates its pixels before "
+         "its annotations apply (OpenCV, detectron2); 'ignore': annotations are of the pixels as stored")
 _declare('DATA.NUM_WORKERS', 10, 'data-loading processes (per rank under Horovod); 0 loads in the main process')
 _declare('DATA.ROIDB_CACHE', '', "(new) directory of the memory-mapped roidb cache of COCO-format jsons, "
          "relative to the json's ('.': beside it); '' parses the json every time")
@@ -204,7 +220,7 @@ _declare('TRAIN.WARMUP_INIT_LR', 1e-5, 'learning rate at step 0, for a total bat
 _declare('TRAIN.STEPS_PER_EPOCH', 500, 'steps between epoch-level callbacks')
 _declare('TRAIN.STARTING_EPOCH', 1, 'first epoch number, to continue a schedule')
 _declare('TRAIN.LR_SCHEDULE', '1x', "'1x', '2x', ... '9x' or [decay1, decay2, last] steps for a total batch of 8",
-         types=(str, list, tuple))
+         types=(str, list, tuple), elements=(int,))
 _declare('TRAIN.EVAL_PERIOD', 50, 'epochs between COCO evaluations (also at the end); 0 disables')
 _declare('TRAIN.CHECKPOINT_PERIOD', 20, 'epochs between checkpoints')
 _declare('TRAIN.ACCUMULATE_STEPS', None, '(new) steps of gradient accumulation; None means '
@@ -290,6 +306,7 @@ _DEFAULTS = copy.deepcopy(_C.__dict__)
 # tests/modeling/test_params.py checks against the tables that implement them.
 _VALID = {
     'TRAINER': ('replicated', 'horovod'),
+    'DATA.EXIF_ORIENTATION': ('apply', 'ignore'),
     'BACKBONE.NORM': model_params.BACKBONE_NORMS,
     'BACKBONE.FREEZE_AT': model_params.FREEZE_AT_VALUES,
     'BACKBONE.DATA_FORMAT': (None,) + model_params.DATA_FORMATS,
@@ -385,9 +402,28 @@ def _check_type(key, value, spec):
                          .format(key, value, _type_names(spec.types), type(value).__name__))
     if isinstance(spec.default, float) and isinstance(value, int):
         value = float(value)
+    if isinstance(value, (list, tuple)) and spec.elements is not None:
+        _check_elements(key, value, spec.elements, value)
     if isinstance(value, (list, tuple)) and isinstance(spec.default, (list, tuple)):
         value = type(spec.default)(value)   # lists and tuples are interchangeable on the command line
     return value
+
+
+def _check_elements(key, value, template, whole):
+    """Every element of list `value` matches `template` (see _Spec), else a ValueError naming `key`."""
+    for position, element in enumerate(value):
+        if isinstance(template, list):
+            if not isinstance(element, (list, tuple)):
+                raise ValueError('Config {}={!r}: element {} ({!r}) should be a list.'.format(
+                    key, whole, position, element))
+            _check_elements(key, element, template[0], whole)
+            continue
+        ok = isinstance(element, template) and (bool in template or not isinstance(element, bool))
+        if not ok:
+            default = _SPECS[key].default
+            raise ValueError('Config {}={!r}: element {} ({!r}) should be {}{}.'.format(
+                key, whole, position, element, _type_names(template),
+                ', like the default {!r}'.format(default) if isinstance(default, (list, tuple)) else ''))
 
 
 # derived values --------------------------------------------------------------------------

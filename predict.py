@@ -140,7 +140,9 @@ def do_evaluate(pred_config, output_file):
     all_scores = {}
     for split in cfg.derived.val_splits:
         logger.info('Evaluating {} ...'.format(split))
-        dataflows = [get_eval_dataflow(split, shard=k, num_shards=num_towers) for k in range(num_towers)]
+        dataflows = [get_eval_dataflow(split, shard=k, num_shards=num_towers,
+                                       apply_exif_orientation=cfg.DATA.EXIF_ORIENTATION == 'apply')
+                     for k in range(num_towers)]
         results = multithread_predict_dataflow(dataflows, predictors, **inference_settings())
         output = evaluation_output_path(output_file, split)
         scores = DatasetRegistry.get(split).eval_inference_results(results, output)
@@ -173,7 +175,7 @@ def do_predict(predictor, image_paths, output_dir):
     failures = []
     for path in image_paths:
         try:
-            image = read_image_bgr(path)
+            image = read_image_bgr(path, apply_exif_orientation=cfg.DATA.EXIF_ORIENTATION == 'apply')
             results = predict_image(image, predictor, **inference_settings())
             drawn = draw_final_outputs(image, results, cfg.DATA.CLASS_NAMES, cfg.TEST.RESULT_SCORE_THRESH_VIS)
             out = unused_path(output_dir, os.path.splitext(os.path.basename(path))[0] + '-pred')
@@ -209,7 +211,7 @@ def do_benchmark(predictor):
     from eval import predict_image
 
     split = cfg.derived.val_splits[0]
-    dataflow = get_eval_dataflow(split)
+    dataflow = get_eval_dataflow(split, apply_exif_orientation=cfg.DATA.EXIF_ORIENTATION == 'apply')
     dataflow.reset_state()
     images = 0
     start = None

@@ -18,8 +18,8 @@ from utils.tf_compat import (  # must come before tensorpack
 
 from tensorpack import QueueInput, TrainConfig, launch_train_with_config
 from tensorpack.callbacks import (
-    EstimatedTimeLeft, GPUMemoryTracker, GPUUtilizationTracker, HostMemoryTracker, ModelSaver,
-    PeriodicCallback, SessionRunTimeout, ThroughputTracker)
+    EstimatedTimeLeft, GPUMemoryTracker, GPUUtilizationTracker, HostMemoryTracker, PeriodicCallback,
+    SessionRunTimeout, ThroughputTracker)
 from tensorpack.tfutils import SaverRestore, SmartInit
 from tensorpack.utils import logger
 
@@ -28,6 +28,8 @@ from dataflow.batching import AspectRatioGroupedBatches
 from dataset import register_balloon, register_coco, register_shapes
 from modeling.params import REFERENCE_TOTAL_BATCH
 from utils import checkpoints, failures, fingerprints, horovod_trainer, loss_watchdog, lr_schedule
+from utils.checkpoint_saver import CheckpointSaver, remove_temporary_files
+from utils.logdir_lock import LOCK_NAME, LogdirLock
 
 LOGDIR_ACTIONS = ('resume', 'backup')
 
@@ -59,15 +61,27 @@ def build_model():
 
 
 def prepare_logdir(logdir, action, is_chief):
-    """Set tensorpack's log directory; returns the checkpoint to resume from, or None."""
+    """Lock the log directory for this run and make it tensorpack's; returns (the checkpoint to resume
+    from or None, the LogdirLock or None). Only the chief (Horovod rank 0) writes there and locks it."""
     if not is_chief:
-        return None
-    if os.path.isdir(logdir) and action == 'backup' and os.listdir(logdir):
-        backup = '{}.backup-{}'.format(logdir.rstrip('/'), time.strftime('%Y%m%d-%H%M%S'))
+        return None, None
+    taken_over = []
+    lock = LogdirLock(logdir).acquire(log=taken_over.append)   # refuses a directory another run uses
+    if action == 'backup' and set(os.listdir(logdir)) - {LOCK_NAME}:
+        backup = stamped = '{}.backup-{}'.format(logdir.rstrip('/'), time.strftime('%Y%m%d-%H%M%S'))
+        suffix = 0
+        while os.path.exists(backup):   # two backups within a second: never move one into the other
+            suffix += 1
+            backup = '{}-{}'.format(stamped, suffix)
         shutil.move(logdir, backup)
+        lock.release()
         print('Moved the existing {} to {}'.format(logdir, backup))
+        lock = LogdirLock(logdir).acquire(log=taken_over.append)
     logger.set_logger_dir(logdir, action='k')
-    return checkpoints.latest_complete_checkpoint(logdir, log=logger.warn)
+    failures.watch_log_file()
+    for line in taken_over:
+        logger.info(line)
+    return checkpoints.latest_complete_checkpoint(logdir, log=logger.warn), lock
 
 
 def make_session_init(args, resume_from, is_chief):
@@ -89,7 +103,7 @@ def make_session_init(args, resume_from, is_chief):
 def make_callbacks(model, schedule, towers, on_gpu, logdir, rank=None, guard=None):
     """`rank`: this process's Horovod rank, or None without Horovod. `guard`: a failures.TrainingGuard,
     which gets the checkpoint saver (for SIGTERM)."""
-    saver = ModelSaver(max_to_keep=10, keep_checkpoint_every_n_hours=1)
+    saver = CheckpointSaver(max_to_keep=10, keep_checkpoint_every_n_hours=1)   # a failed save stops training
     callbacks = [
         PeriodicCallback(saver, every_k_epochs=cfg.TRAIN.CHECKPOINT_PERIOD),
         *lr_schedule.learning_rate_setters(schedule),
@@ -112,7 +126,9 @@ def make_callbacks(model, schedule, towers, on_gpu, logdir, rank=None, guard=Non
         from eval import EvalCallback, EvalSettings
         # Every rank gets the directory: Horovod ranks other than 0 write their part of the results there.
         eval_settings = EvalSettings.from_config(cfg)
-        callbacks += [EvalCallback(split, *model.get_inference_tensor_names(), logdir, eval_settings)
+        # After SIGTERM an evaluation in progress is abandoned; the guard then saves the last step.
+        should_stop = guard.stop_requested if guard is not None else None
+        callbacks += [EvalCallback(split, *model.get_inference_tensor_names(), logdir, eval_settings, should_stop)
                       for split in cfg.derived.val_splits]
     return callbacks
 
@@ -164,28 +180,45 @@ def main(argv=None):
     towers = num_towers()
     log_precision()
 
-    resume_from = prepare_logdir(args.logdir, args.logdir_action, is_chief)
+    # Every config error is raised before anything is written to disk.
     schedule = lr_schedule.compute_schedule(
         base_lr=cfg.TRAIN.BASE_LR, warmup_steps=cfg.TRAIN.WARMUP, warmup_init_lr=cfg.TRAIN.WARMUP_INIT_LR,
         lr_schedule=cfg.derived.lr_schedule, steps_per_epoch=cfg.TRAIN.STEPS_PER_EPOCH,
         images_per_step=cfg.derived.images_per_step)
+    resume_from, lock = prepare_logdir(args.logdir, args.logdir_action, is_chief)
+    try:
+        train(args, schedule, resume_from, rank, is_horovod, towers)
+    finally:
+        if is_chief:
+            removed = remove_temporary_files(args.logdir)
+            if removed:
+                logger.warn('Removed the temporary files of unfinished writes: {}'.format(', '.join(removed)))
+        if lock is not None:
+            lock.release()
+
+
+def train(args, schedule, resume_from, rank, is_horovod, towers):
+    is_chief = rank == 0
     logger.info('Towers: {}, gradient accumulation: {} step(s), images per tower: {}'.format(
         towers, cfg.derived.accumulate_steps, cfg.TRAIN.BATCH_SIZE_PER_GPU))
-    logger.info('Warm Up Schedule (steps, value): ' + str(schedule.warmup))
-    logger.info('LR Schedule (epochs, value): ' + str(schedule.epochs))
+    # Each value takes effect after the listed number of steps; warmup ramps linearly between its first two.
+    logger.info('Warmup steps: {}'.format(schedule.warmup_steps))
+    logger.info('LR Schedule (steps, value): {}'.format(schedule.announced()))
+    logger.info('Last step: {}'.format(schedule.last_step))
     logger.info('Max epoch: {}'.format(schedule.max_epoch))
 
-    starting_epoch = cfg.TRAIN.STARTING_EPOCH
+    starting_epoch, step = cfg.TRAIN.STARTING_EPOCH, 0
     if resume_from:
         step = checkpoints.checkpoint_global_step(resume_from)
-        starting_epoch = step // cfg.TRAIN.STEPS_PER_EPOCH + 1
+        starting_epoch = schedule.starting_epoch(step)
         logger.info('Checkpoint {} is at step {}: continuing with epoch {}.'.format(resume_from, step, starting_epoch))
     if is_horovod:
         # Only rank 0 looked for a checkpoint to resume; every rank must run the same epochs.
         starting_epoch = horovod_trainer.broadcast_from_rank0(starting_epoch, 'starting_epoch')
-    if (resume_from or is_horovod) and starting_epoch > schedule.max_epoch:
-        logger.info('Epoch {} is past the end of the schedule ({} epochs); nothing to do.'
-                    .format(starting_epoch, schedule.max_epoch))
+        step = horovod_trainer.broadcast_from_rank0(step, 'resumed_step')
+    if step >= schedule.last_step or starting_epoch > schedule.max_epoch:
+        logger.info('Step {} (epoch {}) is at or past the end of the schedule (step {}); nothing to do.'
+                    .format(step, starting_epoch, schedule.last_step))
         return
 
     from data import get_train_dataflow

@@ -15,13 +15,13 @@ from tensorpack.utils import logger
 
 from dataflow.anchor_targets import AnchorLabelParams
 from dataflow.batching import BatchingParams, add_batching
-from dataflow.image_io import read_image_bgr, recorded_size
+from dataflow.image_io import exif_orientation, read_image_bgr, recorded_size
 from dataflow.mapper import MapperParams, TrainingMapper, derive_seed
 from utils import tensor_names
 from utils.workers import SpawnMultiProcessMapData
 
-__all__ = ['TrainDataSettings', 'SeededDataFromList', 'class_histogram_table', 'training_mapper',
-           'get_train_dataflow', 'image_to_float32', 'get_eval_dataflow']
+__all__ = ['TrainDataSettings', 'SeededDataFromList', 'class_histogram_table', 'report_exif_orientations',
+           'training_mapper', 'get_train_dataflow', 'image_to_float32', 'get_eval_dataflow']
 
 
 class TrainDataSettings(collections.namedtuple('TrainDataSettings', [
@@ -53,6 +53,7 @@ class TrainDataSettings(collections.namedtuple('TrainDataSettings', [
                 anchor_stride=cfg.RPN.ANCHOR_STRIDE, anchor_sizes=cfg.RPN.ANCHOR_SIZES,
                 anchor_ratios=cfg.RPN.ANCHOR_RATIOS, fpn_anchor_strides=cfg.FPN.ANCHOR_STRIDES,
                 resolution_requirement=cfg.FPN.RESOLUTION_REQUIREMENT if cfg.MODE_FPN else None,
+                apply_exif_orientation=cfg.DATA.EXIF_ORIENTATION == 'apply',
                 anchor_params=AnchorLabelParams(
                     batch_per_im=cfg.RPN.BATCH_PER_IM, fg_ratio=cfg.RPN.FG_RATIO,
                     positive_thresh=cfg.RPN.POSITIVE_ANCHOR_THRESH,
@@ -89,6 +90,28 @@ def class_histogram_table(roidbs, class_names):
                     stralign='center', numalign='left')
 
 
+_EXIF_REPORTED = set()   # split names whose EXIF orientations this process has reported
+
+
+def report_exif_orientations(name, file_names, apply_exif_orientation):
+    """Log once per split (and process) how many of its JPEGs carry an EXIF orientation other than
+    1 and which convention applies to them; returns that count. Only their header segments are read."""
+    if name in _EXIF_REPORTED:
+        return None
+    _EXIF_REPORTED.add(name)
+    rotated = sum(1 for file_name in file_names if exif_orientation(file_name) not in (None, 1))
+    if rotated:
+        logger.warn(
+            "{}: {} of {} images carry an EXIF orientation tag other than 1 (rotated or mirrored). With "
+            "DATA.EXIF_ORIENTATION='{}' {}. Check one image against its boxes (viz.py) to see which fits.".format(
+                name, rotated, len(file_names), 'apply' if apply_exif_orientation else 'ignore',
+                "they are read turned as the tag says, as OpenCV and detectron2 do: their annotations must be of "
+                "the turned image; set 'ignore' if they are of the pixels as stored" if apply_exif_orientation else
+                "they are read as stored, the tag ignored: their annotations must be of the stored pixels; set "
+                "'apply' if they are of the image as viewers show it"))
+    return rotated
+
+
 def training_mapper(settings, rank):
     """The TrainingMapper of Horovod rank `rank` (0 otherwise): its streams derive from settings.seed and rank."""
     seed = None if settings.seed is None else derive_seed(settings.seed, rank)
@@ -108,8 +131,11 @@ def get_train_dataflow(settings, rank=0):
     """
     from dataset import DatasetRegistry
 
-    roidbs = list(itertools.chain.from_iterable(DatasetRegistry.get(name).training_roidbs()
-                                                for name in settings.splits))
+    per_split = [DatasetRegistry.get(name).training_roidbs() for name in settings.splits]
+    for name, split_roidbs in zip(settings.splits, per_split):
+        report_exif_orientations(name, [roidb['file_name'] for roidb in split_roidbs],
+                                 settings.mapper.apply_exif_orientation)
+    roidbs = list(itertools.chain.from_iterable(per_split))
     logger.info("Ground-truth instances per class:\n" + class_histogram_table(roidbs, settings.class_names))
     num_images = len(roidbs)
     if settings.filter_empty:
@@ -167,8 +193,10 @@ def _shard_range(num_items, shard, num_shards):
     return shard * per_shard, end
 
 
-def get_eval_dataflow(name, shard=0, num_shards=1):
+def get_eval_dataflow(name, shard=0, num_shards=1, apply_exif_orientation=True):
     """A DataFlow of [image uint8 [H, W, 3] BGR, image_id] over a contiguous shard of split `name`.
+
+    apply_exif_orientation: DATA.EXIF_ORIENTATION == 'apply' (see dataflow/image_io.read_image_bgr).
 
     Images are not resized. An unreadable or truncated image raises FileNotFoundError /
     UnreadableImageError naming the file, and one whose size differs from the roidb's
@@ -177,14 +205,15 @@ def get_eval_dataflow(name, shard=0, num_shards=1):
     from dataset import DatasetRegistry
 
     roidbs = DatasetRegistry.get(name).inference_roidbs()
+    report_exif_orientations(name, [roidb['file_name'] for roidb in roidbs], apply_exif_orientation)
     begin, end = _shard_range(len(roidbs), shard, num_shards)
     logger.info("Found {} images for inference in {}; shard {}/{} has images [{}, {}).".format(
         len(roidbs), name, shard, num_shards, begin, end))
-    ds = SeededDataFromList([[roidb['file_name'], roidb['image_id'], recorded_size(roidb)]
+    ds = SeededDataFromList([[roidb['file_name'], roidb['image_id'], recorded_size(roidb), apply_exif_orientation]
                              for roidb in roidbs[begin:end]], shuffle=False)
     return MapData(ds, _read_eval_image)
 
 
 def _read_eval_image(datapoint):
-    file_name, image_id, size_hw = datapoint
-    return [read_image_bgr(file_name, expected_hw=size_hw), image_id]
+    file_name, image_id, size_hw, apply_exif_orientation = datapoint
+    return [read_image_bgr(file_name, expected_hw=size_hw, apply_exif_orientation=apply_exif_orientation), image_id]

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 __all__ = ['UnreadableImageError', 'TruncatedImageError', 'ImageSizeMismatchError', 'jpeg_is_complete',
-           'read_image_bgr', 'recorded_size']
+           'exif_orientation', 'read_image_bgr', 'recorded_size']
 
 
 class UnreadableImageError(ValueError):
@@ -57,7 +57,43 @@ def jpeg_is_complete(data):
             return False
 
 
-def read_image_bgr(path, expected_hw=None):
+def _exif_orientation_of_tiff(tiff):
+    """The Orientation tag (0x0112) of IFD0 of TIFF-structured bytes (an EXIF block), or None."""
+    if len(tiff) < 8 or tiff[:2] not in (b'II', b'MM'):
+        return None
+    order = 'little' if tiff[:2] == b'II' else 'big'
+    ifd = int.from_bytes(tiff[4:8], order)
+    if ifd + 2 > len(tiff):
+        return None
+    for k in range(int.from_bytes(tiff[ifd:ifd + 2], order)):
+        entry = tiff[ifd + 2 + 12 * k: ifd + 14 + 12 * k]
+        if len(entry) < 12:
+            return None
+        if int.from_bytes(entry[:2], order) == 0x0112:   # a SHORT, stored in the first 2 value bytes
+            return int.from_bytes(entry[8:10], order)
+    return None
+
+
+def exif_orientation(path):
+    """The EXIF Orientation tag of JPEG file `path` (1 = stored as shown; 2-8 = mirrored and/or
+    rotated), or None when it has none (or is no JPEG). Reads only the file's header segments."""
+    with open(path, 'rb') as f:
+        if f.read(2) != b'\xff\xd8':
+            return None
+        while True:
+            marker = f.read(4)
+            if len(marker) < 4 or marker[0] != 0xFF or marker[1] in (0xD9, 0xDA):   # end, or image data
+                return None
+            length = int.from_bytes(marker[2:4], 'big') - 2
+            if marker[1] == 0xE1:   # APP1
+                payload = f.read(length)
+                if payload[:6] == b'Exif\0\0':
+                    return _exif_orientation_of_tiff(payload[6:])
+            else:
+                f.seek(length, os.SEEK_CUR)
+
+
+def read_image_bgr(path, expected_hw=None, apply_exif_orientation=True):
     """Read an image file as uint8 [H, W, 3] BGR.
 
     Grayscale images are repeated to 3 channels, the alpha channel of RGBA
@@ -68,6 +104,9 @@ def read_image_bgr(path, expected_hw=None):
         path: the image file.
         expected_hw: optional (height, width) the image must have, e.g. the size recorded in
             the annotations; None skips the check.
+        apply_exif_orientation: True (DATA.EXIF_ORIENTATION='apply'): a JPEG's EXIF orientation
+            rotates/mirrors the pixels, as OpenCV, detectron2 and image viewers do; False
+            ('ignore'): the pixels as stored.
     Raises:
         FileNotFoundError: `path` does not exist.
         UnreadableImageError: the file cannot be decoded as an image;
@@ -80,13 +119,15 @@ def read_image_bgr(path, expected_hw=None):
     if data[:3].tobytes() == b'\xff\xd8\xff' and not jpeg_is_complete(data.tobytes()):
         raise TruncatedImageError("Image file {} is truncated: its JPEG data ends before the end-of-image "
                                   "marker ({} bytes); copy or download it again".format(path, data.size))
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    flags = cv2.IMREAD_COLOR if apply_exif_orientation else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    image = cv2.imdecode(data, flags) if data.size else None
     if image is None or image.size == 0:
         raise UnreadableImageError("Cannot decode image file {} (corrupt or not an image)".format(path))
     assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8, (path, image.shape, image.dtype)
     if expected_hw is not None and tuple(image.shape[:2]) != tuple(expected_hw):
         height, width = expected_hw
-        hint = (' (width and height swapped: the file probably has an EXIF orientation, which OpenCV applies)'
+        hint = (' (width and height swapped: the file probably has an EXIF orientation, which '
+                "DATA.EXIF_ORIENTATION='apply' applies; 'ignore' reads the pixels as stored)"
                 if tuple(image.shape[:2]) == (width, height) else '')
         raise ImageSizeMismatchError(
             "Image file {} is {}x{} (width x height) but its annotations say {}x{}{}; their boxes and masks "

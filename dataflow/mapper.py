@@ -34,7 +34,8 @@ MapperParams = collections.namedtuple('MapperParams', [
     'fpn_anchor_strides',                    # FPN.ANCHOR_STRIDES
     'anchor_params',                         # an AnchorLabelParams (RPN.*)
     'resolution_requirement',                # FPN.RESOLUTION_REQUIREMENT (FPN only; None for C4)
-], defaults=(None,))
+    'apply_exif_orientation',                # DATA.EXIF_ORIENTATION == 'apply'
+], defaults=(None, True))
 MapperParams.__doc__ = "The keyword arguments of TrainingMapper besides `seed`, as one frozen record."
 
 
@@ -81,11 +82,11 @@ class TrainingMapper:
 
     def __init__(self, *, mode_fpn, mode_mask, short_edge_size, max_size, absolute_coord, num_category,
                  anchor_stride, anchor_sizes, anchor_ratios, fpn_anchor_strides, anchor_params, seed,
-                 resolution_requirement=None):
+                 resolution_requirement=None, apply_exif_orientation=True):
         """Values of the config keys of the same names (MODE_*, PREPROC.TRAIN_SHORT_EDGE_SIZE,
         PREPROC.MAX_SIZE, DATA.*, RPN.ANCHOR_*, FPN.ANCHOR_STRIDES, FPN.RESOLUTION_REQUIREMENT,
-        which FPN needs); `anchor_params` an AnchorLabelParams; `seed` an int, or None for a
-        non-reproducible stream."""
+        which FPN needs, DATA.EXIF_ORIENTATION == 'apply'); `anchor_params` an AnchorLabelParams;
+        `seed` an int, or None for a non-reproducible stream."""
         if mode_fpn and not resolution_requirement:
             raise ValueError("MODE_FPN=True needs resolution_requirement (FPN.RESOLUTION_REQUIREMENT), got {!r}"
                              .format(resolution_requirement))
@@ -101,6 +102,7 @@ class TrainingMapper:
         self.fpn_anchor_strides = tuple(fpn_anchor_strides)
         self.anchor_params = AnchorLabelParams(*anchor_params)
         self.resolution_requirement = int(resolution_requirement) if self.mode_fpn else None
+        self.apply_exif_orientation = bool(apply_exif_orientation)
         self.seed = seed            # int or None; None: non-reproducible
         self.worker_index = None    # set by for_worker() in worker processes
         self.num_skipped = 0
@@ -201,7 +203,8 @@ class TrainingMapper:
             raise ValueError("roidb of {} has class ids {}; they must be in 1..{} (DATA.NUM_CATEGORY)".format(
                 file_name, sorted(set(non_crowd_labels.tolist())), self.num_category))
 
-        image = read_image_bgr(file_name, expected_hw=recorded_size(roidb)).astype(np.float32)
+        image = read_image_bgr(file_name, expected_hw=recorded_size(roidb),
+                               apply_exif_orientation=self.apply_exif_orientation).astype(np.float32)
         height, width = image.shape[:2]
         scale_xy = np.asarray([width, height], dtype=np.float32)
         if not self.absolute_coord:

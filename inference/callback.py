@@ -12,7 +12,7 @@ from utils.tf_compat import tf  # before tensorpack, which imports TensorFlow
 from tensorpack.callbacks import Callback
 from tensorpack.utils import logger
 
-from inference.run import InferenceSettings, multithread_predict_dataflow, predict_dataflow
+from inference.run import InferenceSettings, PredictionAbandoned, multithread_predict_dataflow, predict_dataflow
 
 __all__ = ['EvalSettings', 'epochs_to_evaluate', 'variables_read_by', 'EvalCallback']
 
@@ -24,7 +24,8 @@ class EvalSettings(collections.namedtuple('EvalSettings', [
         'horovod',       # TRAINER == 'horovod'
         'test_amp',      # TEST.AMP: mixed precision of the predictors
         'train_amp',     # TRAIN.AMP: that of the training session
-])):
+        'apply_exif_orientation',   # DATA.EXIF_ORIENTATION == 'apply'
+], defaults=(True,))):
     """Everything EvalCallback reads, as one frozen record."""
 
     __slots__ = ()
@@ -34,7 +35,7 @@ class EvalSettings(collections.namedtuple('EvalSettings', [
         """The settings of a finalized config `cfg`."""
         return cls(inference=InferenceSettings.from_config(cfg), eval_period=cfg.TRAIN.EVAL_PERIOD,
                    num_gpus=cfg.derived.num_gpus, horovod=cfg.TRAINER == 'horovod', test_amp=cfg.TEST.AMP,
-                   train_amp=cfg.TRAIN.AMP)
+                   train_amp=cfg.TRAIN.AMP, apply_exif_orientation=cfg.DATA.EXIF_ORIENTATION == 'apply')
 
 
 def epochs_to_evaluate(eval_period, max_epoch):
@@ -69,8 +70,10 @@ class EvalCallback(Callback):
     _chief_only = False   # horovod ranks other than 0 predict too
     _own_session = False  # set by _setup_graph: True when TEST.AMP differs from TRAIN.AMP
 
-    def __init__(self, eval_dataset, in_names, out_names, output_dir, settings):
-        """`settings`: an EvalSettings (`EvalSettings.from_config(cfg)`)."""
+    def __init__(self, eval_dataset, in_names, out_names, output_dir, settings, should_stop=None):
+        """`settings`: an EvalSettings (`EvalSettings.from_config(cfg)`). `should_stop`: None, or a
+        callable asked before each image; True abandons the evaluation (train.py: after SIGTERM)."""
+        self._should_stop = should_stop
         self._eval_dataset = eval_dataset
         self._in_names, self._out_names = list(in_names), list(out_names)
         self._output_dir = output_dir
@@ -80,6 +83,7 @@ class EvalCallback(Callback):
         self._use_horovod = settings.horovod
         self._test_amp = settings.test_amp
         self._train_amp = settings.train_amp
+        self._apply_exif_orientation = settings.apply_exif_orientation
 
     def _setup_graph(self):
         from dataflow.build import get_eval_dataflow
@@ -95,13 +99,15 @@ class EvalCallback(Callback):
                 from utils.tf_compat import num_visible_gpus
                 self._predictor = self._build_predictor(0 if num_visible_gpus() > 0 else -1)
                 self._dataflow = get_eval_dataflow(self._eval_dataset, shard=hvd.local_rank(),
-                                                   num_shards=hvd.local_size())
+                                                   num_shards=hvd.local_size(),
+                                                   apply_exif_orientation=self._apply_exif_orientation)
             self._barrier = hvd.allreduce(tf.random_normal(shape=[1]))
         else:
             # Two predictors per GPU keep each GPU busy while the other thread post-processes.
             devices = [k % num_gpus for k in range(2 * num_gpus)] if num_gpus > 0 else [-1]
             self._predictors = [self._build_predictor(device) for device in devices]
-            self._dataflows = [get_eval_dataflow(self._eval_dataset, shard=k, num_shards=len(devices))
+            self._dataflows = [get_eval_dataflow(self._eval_dataset, shard=k, num_shards=len(devices),
+                                                 apply_exif_orientation=self._apply_exif_orientation)
                                for k in range(len(devices))]
 
         # Grappler's mixed-precision rewrite is a setting of the whole session: when TEST.AMP differs
@@ -154,7 +160,8 @@ class EvalCallback(Callback):
         part_files = [os.path.join(self._output_dir, 'outputs{}-part{}.json'.format(self.global_step, rank))
                       for rank in range(hvd.local_size())]
         if self._predict_here:
-            local_results = predict_dataflow(self._dataflow, self._predictor, **self._settings)
+            local_results = predict_dataflow(self._dataflow, self._predictor, should_stop=self._should_stop,
+                                             **self._settings)
             with open(part_files[hvd.local_rank()], 'w') as f:
                 json.dump(local_results, f)
         self._barrier.eval()   # every part file is written once all ranks pass this
@@ -175,7 +182,8 @@ class EvalCallback(Callback):
             if all_results is None:
                 return
         else:
-            all_results = multithread_predict_dataflow(self._dataflows, self._predictors, **self._settings)
+            all_results = multithread_predict_dataflow(self._dataflows, self._predictors, should_stop=self._should_stop,
+                                                       **self._settings)
 
         from dataset import DatasetRegistry
         from dataset.dataset import file_label
@@ -189,4 +197,8 @@ class EvalCallback(Callback):
     def _trigger_epoch(self):
         if self.epoch_num in self._epochs_to_eval:
             logger.info("Running evaluation on {} ...".format(self._eval_dataset))
-            self._eval()
+            try:
+                self._eval()
+            except PredictionAbandoned as abandoned:
+                logger.warn('Evaluation of {} at global_step={} abandoned ({}): training is stopping.'.format(
+                    self._eval_dataset, self.global_step, abandoned))

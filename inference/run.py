@@ -76,10 +76,16 @@ def _dataflow_length(df):
         return None
 
 
-def predict_dataflow(df, model_func, tqdm_bar=None, *, short_edge_size, max_size, accurate_paste):
+class PredictionAbandoned(Exception):
+    """`should_stop()` said so before an image: the predictions are incomplete and dropped."""
+
+
+def predict_dataflow(df, model_func, tqdm_bar=None, *, short_edge_size, max_size, accurate_paste, should_stop=None):
     """Run `predict_image` over a DataFlow of (uint8 [H, W, 3] BGR image, image_id).
 
     tqdm_bar: anything with `update(n)`, shared between threads; a new bar when None.
+    should_stop: None, or a callable asked before each image; when it returns True,
+        PredictionAbandoned is raised (training on SIGTERM abandons its evaluation).
     Other arguments as in `predict_image`.
     Returns a list of `detection_to_coco` dicts, the input of `DatasetSplit.eval_inference_results`.
     """
@@ -88,7 +94,9 @@ def predict_dataflow(df, model_func, tqdm_bar=None, *, short_edge_size, max_size
     with ExitStack() as stack:
         if tqdm_bar is None:
             tqdm_bar = stack.enter_context(tqdm.tqdm(total=_dataflow_length(df), desc='Predict'))
-        for img, image_id in df:
+        for count, (img, image_id) in enumerate(df):
+            if should_stop is not None and should_stop():
+                raise PredictionAbandoned('stopped after {} image(s) of this shard'.format(count))
             results = predict_image(img, model_func, short_edge_size=short_edge_size,
                                     max_size=max_size, accurate_paste=accurate_paste)
             all_results.extend(detection_to_coco(r, image_id) for r in results)
@@ -108,7 +116,8 @@ class _LockedProgress:
             self._bar.update(n)
 
 
-def multithread_predict_dataflow(dataflows, model_funcs, *, short_edge_size, max_size, accurate_paste):
+def multithread_predict_dataflow(dataflows, model_funcs, *, short_edge_size, max_size, accurate_paste,
+                                 should_stop=None):
     """`predict_dataflow` on each (dataflow, model_func) pair in its own thread, one progress bar.
 
     dataflows, model_funcs: equally long lists, typically one shard per predictor/device.
@@ -117,7 +126,8 @@ def multithread_predict_dataflow(dataflows, model_funcs, *, short_edge_size, max
     if len(dataflows) != len(model_funcs):
         raise ValueError("Need one model_func per dataflow, got {} dataflows and {} model_funcs".format(
             len(dataflows), len(model_funcs)))
-    settings = dict(short_edge_size=short_edge_size, max_size=max_size, accurate_paste=accurate_paste)
+    settings = dict(short_edge_size=short_edge_size, max_size=max_size, accurate_paste=accurate_paste,
+                    should_stop=should_stop)
     if len(dataflows) == 1:
         return predict_dataflow(dataflows[0], model_funcs[0], **settings)
     lengths = [_dataflow_length(df) for df in dataflows]

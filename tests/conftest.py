@@ -28,3 +28,26 @@ def log_messages():
     logging.getLogger('tensorpack').addHandler(handler)
     yield records
     logging.getLogger('tensorpack').removeHandler(handler)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """mount(size) -> the path of a fresh tmpfs of `size` (e.g. '2m') under tmp_path, or None where this
+    process may not mount one (tests then inject the write failure instead). Every mount is undone."""
+    import subprocess
+    mounted = []
+
+    def mount(size):
+        path = tmp_path / 'disk{}'.format(len(mounted))
+        path.mkdir()
+        proc = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=' + size, 'tmpfs', str(path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if proc.returncode != 0:
+            return None
+        mounted.append(path)
+        return str(path)
+
+    yield mount
+    for path in mounted:
+        if subprocess.run(['umount', str(path)], stderr=subprocess.DEVNULL).returncode != 0:
+            subprocess.run(['umount', '-l', str(path)])

@@ -89,6 +89,35 @@ def test_type_errors_name_the_key(override):
         cfg.update_args([override])
 
 
+@pytest.mark.parametrize('override, element', [
+    ("PREPROC.TRAIN_SHORT_EDGE_SIZE=[192,'a']", "element 1 ('a') should be int"),
+    ('PREPROC.TRAIN_SHORT_EDGE_SIZE=[192.5,224]', 'element 0 (192.5) should be int'),
+    ("RPN.ANCHOR_SIZES=(16,'a',64,128,256)", "element 1 ('a') should be int"),
+    ("TRAIN.LR_SCHEDULE=[2,'x',4]", "element 1 ('x') should be int"),
+    ('RPN.ANCHOR_RATIOS=(0.5,True)', 'element 1 (True) should be float or int'),
+    ("CASCADE.BBOX_REG_WEIGHTS=[[10,10,5,5],[20,20,10,'a'],[30,30,15,15]]", "element 3 ('a') should be float"),
+    ('CASCADE.BBOX_REG_WEIGHTS=[1,2,3]', 'element 0 (1) should be a list'),
+    ("DATA.TRAIN=('a',2)", 'element 1 (2) should be str'),
+])
+def test_list_elements_of_the_wrong_type_name_the_key(override, element):
+    key = override.split('=')[0]
+    with pytest.raises(ValueError) as caught:
+        cfg.update_args([override])
+    assert str(caught.value).startswith('Config {}='.format(key)) and element in str(caught.value)
+    assert cfg.PREPROC.TRAIN_SHORT_EDGE_SIZE == [800, 800] and cfg.RPN.ANCHOR_SIZES == (32, 64, 128, 256, 512)
+
+
+def test_a_bad_config_writes_nothing_to_disk(registered_split, tmp_path):
+    """train.py raises every config error before it creates --logdir (or anything in it)."""
+    import train
+    for override in ("RPN.ANCHOR_SIZES=(16,'a',64,128,256)", 'TRAIN.LR_SCHEDULE=[0,2,4]'):
+        logdir = tmp_path / 'log'
+        with pytest.raises(ValueError, match=re.escape(override.split('=')[0])):
+            train.main(['--logdir', str(logdir), '--config', 'DATA.TRAIN=cfgtest_train', 'DATA.VAL=()',
+                        'TRAIN.EVAL_PERIOD=0', 'DATA.BASEDIR=' + str(tmp_path), override])
+        assert not logdir.exists()
+
+
 def test_unknown_key_suggests_close_matches():
     with pytest.raises(KeyError, match='TRAIN.BASE_LR'):
         cfg.update_args(['TRAIN.BASE_RL=0.1'])
@@ -284,7 +313,7 @@ def test_an_explicit_accumulation_lifts_the_reference_batch_rule(registered_spli
 def test_two_images_per_tower_count_the_schedule_in_steps_of_8_images(registered_split):
     """1 tower x TRAIN.BATCH_SIZE_PER_GPU=2: 4 accumulated steps per update, and the schedule train.py
     computes from the derived values takes 8 / 2 = 4 steps per step of 8 images: decays after
-    60 x 4 = 240 and 80 x 4 = 320 steps (epochs 24 and 32 of 10 steps), end after 90 x 4 = 360 steps of
+    60 x 4 = 240 and 80 x 4 = 320 steps (the ends of epochs 24 and 32 of 10 steps), end after 90 x 4 = 360 steps of
     2 images = 720 images = 90 updates of 8, as LR_SCHEDULE says."""
     from utils import lr_schedule
     cfg.update_args(['TRAIN.BATCH_SIZE_PER_GPU=2', 'TRAIN.LR_SCHEDULE=[60,80,90]', 'TRAIN.STEPS_PER_EPOCH=10',
@@ -295,8 +324,8 @@ def test_two_images_per_tower_count_the_schedule_in_steps_of_8_images(registered
         base_lr=cfg.TRAIN.BASE_LR, warmup_steps=cfg.TRAIN.WARMUP, warmup_init_lr=cfg.TRAIN.WARMUP_INIT_LR,
         lr_schedule=derived.lr_schedule, steps_per_epoch=cfg.TRAIN.STEPS_PER_EPOCH,
         images_per_step=derived.images_per_step)
-    assert [epoch for epoch, _ in schedule.epochs] == [2, 24, 32] and schedule.max_epoch == 36
-    steps = schedule.max_epoch * cfg.TRAIN.STEPS_PER_EPOCH
+    assert schedule.decay_steps == (240, 320) and schedule.last_step == 360 and schedule.max_epoch == 36
+    steps = schedule.last_step
     assert steps * derived.images_per_step == 720 and steps // derived.accumulate_steps == 90
 
 

@@ -3,9 +3,12 @@
 The end-to-end tests run train.py on a tiny model over a 4-image COCO-format set made in
 tmp_path, each in its own process group, killed when it overruns its timeout: no test can hang.
 """
+import gc
 import json
 import os
+import resource
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -19,7 +22,11 @@ from tensorpack.dataflow import DataFlow, DataFlowTerminated
 
 import data
 from common import SpawnMultiProcessMapData
+from config import combine_overrides
+from tests.tf_helpers import train_tiny_model
 from utils import checkpoints, failures, tensor_names, workers
+from utils.logdir_lock import LOCK_NAME, LogdirLock
+from utils.tf_compat import tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_SECONDS = 300   # per train.py run; slow machines take ~1 min to build the graph
@@ -61,17 +68,20 @@ def write_coco_split(basedir, annotate=True, unreadable=False, num_images=4, siz
 
 
 class TrainRun:
-    """train.py in its own process group, its output in a file; kill_group() cleans up whatever is left."""
+    """train.py in its own process group, its output in a file; kill_group() cleans up whatever is left.
 
-    def __init__(self, tmp_path, basedir, config, name='run'):
-        self.logdir = str(tmp_path / (name + '_log'))
+    logdir: its --logdir (tmp_path/NAME_log when None); preexec_fn: run in the child before train.py.
+    """
+
+    def __init__(self, tmp_path, basedir, config, name='run', logdir=None, preexec_fn=None):
+        self.logdir = logdir or str(tmp_path / (name + '_log'))
         self.output_path = str(tmp_path / (name + '.out'))
         env = dict(os.environ, PYTHONUNBUFFERED='1', TF_CPP_MIN_LOG_LEVEL='2')
         cmd = [sys.executable, os.path.join(ROOT, 'train.py'), '--logdir', self.logdir, '--config',
                'DATA.BASEDIR=' + basedir] + config
         with open(self.output_path, 'w') as out:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+                                         start_new_session=True, preexec_fn=preexec_fn)
 
     def output(self):
         with open(self.output_path) as f:
@@ -179,6 +189,26 @@ def test_training_failed_log_line_keeps_its_step(log_messages):
     failures.fix_tensorpack_log_format()
     logger.error("Training failed at global_step=", 7)   # tensorpack's own call, in its main loop
     assert log_messages[-1] == 'Training failed at global_step=7'
+
+
+def test_an_out_of_range_error_not_from_the_input_is_a_failure():
+    """tensorpack's loop takes an OutOfRangeError from anywhere (here a callback after epoch 1) for the end
+    of the data and returns; the guard says so, with the error, after the trainer is gone."""
+    from tensorpack.callbacks import Callback
+    from tensorpack.dataflow import DataFromList
+
+    class FailsAfterEpoch1(Callback):
+        def _trigger_epoch(self):
+            raise tf.errors.OutOfRangeError(None, None, '/logs/events.out: File too large')
+
+    recorder = failures.InputFailureRecorder(DataFromList([[np.float32(1.)]], shuffle=False))
+    guard = failures.TrainingGuard(recorder)
+    train_tiny_model([guard, FailsAfterEpoch1()], steps_per_epoch=2, max_epoch=5, dataflow=recorder)
+    gc.collect()   # the trainer is gone, as in train.py
+    with pytest.raises(RuntimeError) as caught:
+        guard.raise_if_incomplete()
+    assert str(caught.value) == ('Training stopped at global_step=2 before the end of its schedule (5 epochs): '
+                                 '/logs/events.out: File too large')
 
 
 class _FailingAfter(DataFlow):
@@ -318,3 +348,71 @@ def test_sigterm_saves_a_checkpoint_and_exits_non_zero(tmp_path, train_runs):
     assert newest == os.path.join(run.logdir, 'model-{}'.format(step)) and newest in last
     assert checkpoints.checkpoint_global_step(newest) == step
     assert wait_until_gone(data_workers + resource_tracker) == []
+
+
+# what a run leaves in its log directory ------------------------------------------------------
+def _limit_file_size(limit_bytes):
+    """A preexec_fn: files the child writes may not grow past `limit_bytes` (ulimit -f)."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+    return limit
+
+
+@pytest.mark.parametrize('fault', ['full disk', 'file-size limit'])
+def test_a_checkpoint_that_cannot_be_written_stops_training_with_the_cause_last(tmp_path, train_runs, small_disk,
+                                                                               fault):
+    """A 3 MB disk (or file-size limit) holds no checkpoint of the tiny model: the first save fails
+    (or the graph file before it), and nothing partial is left. The full-disk case needs to mount a
+    tmpfs; the file-size limit (TensorFlow's OutOfRangeError) runs everywhere."""
+    basedir = write_coco_split(tmp_path / 'data')
+    config = combine_overrides(TINY_C4 + LONG_SCHEDULE, ['DATA.NUM_WORKERS=0', 'TRAIN.CHECKPOINT_PERIOD=1'])
+    if fault == 'full disk':
+        disk = small_disk('3m')
+        if disk is None:
+            pytest.skip('cannot mount a tmpfs here; the file-size-limit case covers the failed save')
+        run = TrainRun(tmp_path, basedir, config, logdir=os.path.join(disk, 'log'))
+        cause = 'No space left on device'
+    else:
+        run = TrainRun(tmp_path, basedir, config, preexec_fn=_limit_file_size(3 * 1024 * 1024))
+        cause = 'File too large'
+    train_runs.append(run)
+    assert run.wait() == failures.EXIT_FAILED, run.output()[-4000:]
+    last = run.last_line()
+    assert 'Training failed: CheckpointSaveError: Could not write {}/'.format(run.logdir) in last, last
+    assert cause in last and ' free on {} (a checkpoint of this model takes '.format(run.logdir) in last
+    assert 'Logging error' not in run.output() and 'Arguments: ()' not in run.output()
+    assert not [name for name in os.listdir(run.logdir) if 'tmp' in name or 'temp' in name]
+    assert checkpoints.latest_complete_checkpoint(run.logdir) is None
+
+
+def test_a_second_run_on_the_same_logdir_is_refused(tmp_path, train_runs):
+    basedir = write_coco_split(tmp_path / 'data')
+    logdir = str(tmp_path / 'shared_log')
+    first = LogdirLock(logdir).acquire()   # this process stands in for the run that holds the directory
+    try:
+        run = TrainRun(tmp_path, basedir, TINY_C4 + LONG_SCHEDULE + ['DATA.NUM_WORKERS=0'], logdir=logdir)
+        train_runs.append(run)
+        assert run.wait() == failures.EXIT_FAILED, run.output()[-4000:]
+        assert '{} is in use by another training run (PID {} on host {};'.format(
+            logdir, os.getpid(), socket.gethostname()) in run.last_line()
+        assert os.listdir(logdir) == [LOCK_NAME]   # no log.log, events or checkpoints of the second run
+    finally:
+        first.release()
+
+
+def test_sigterm_during_an_evaluation_abandons_it_and_saves_the_last_step(tmp_path, train_runs):
+    """40 images evaluated after each epoch of 2 steps; SIGTERM once the first evaluation started."""
+    basedir = write_coco_split(tmp_path / 'data', num_images=40)
+    config = combine_overrides(TINY_C4 + LONG_SCHEDULE, [
+        'DATA.NUM_WORKERS=0', "DATA.VAL=('coco_train2017',)", 'TRAIN.EVAL_PERIOD=1'])
+    run = TrainRun(tmp_path, basedir, config)
+    train_runs.append(run)
+    run.wait_for_line('Running evaluation on coco_train2017')
+    os.killpg(run.proc.pid, signal.SIGTERM)
+    assert run.wait() == failures.EXIT_SIGTERM, run.output()[-4000:]
+    assert 'Evaluation of coco_train2017 at global_step=2 abandoned' in run.output()
+    newest = os.path.join(run.logdir, 'model-2')
+    assert run.last_line().endswith('Stopped by SIGTERM at global_step=2: saved checkpoint {}; rerun with the same '
+                                    '--logdir to resume.'.format(newest))
+    assert checkpoints.latest_complete_checkpoint(run.logdir) == newest
+    assert not os.path.exists(os.path.join(run.logdir, 'coco_train2017-outputs2.json'))   # not evaluated to the end

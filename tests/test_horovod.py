@@ -1,8 +1,8 @@
 """Horovod: train.py under `horovodrun -np 2 --gloo` on CPU processes, SyncBN, the schedule, errors.
 
 The two-rank runs share one tiny config: a shapes dataset in COCO layout (16 training, 8
-validation images of 128 px), ResNet [1,1,1,1] + GN, 64-channel FPN. The main run trains 30
-steps (6 epochs of 5), evaluates once at the end and saves one checkpoint; its output is parsed
+validation images of 128 px), ResNet [1,1,1,1] + GN, 64-channel FPN. The main run trains 32
+steps (8 epochs of 4), evaluates once at the end and saves one checkpoint; its output is parsed
 by several tests. Ranks print one line each for their variables' fingerprint and their first
 training images (utils/fingerprints.py); horovodrun prefixes every line with `[rank]<stdout>:`.
 """
@@ -50,10 +50,10 @@ TRAIN_CONFIG = [
     'PREPROC.TRAIN_SHORT_EDGE_SIZE=[128,128]', 'RPN.TRAIN_PER_LEVEL_NMS_TOPK=200', 'TRAIN.ACCUMULATE_STEPS=1',
     'TRAIN.BASE_LR=0.005', 'TRAIN.WARMUP=10',
 ]
-# 2 ranks take 8 / 2 = 4x the steps of the batch-8 schedule [4, 6, 8]: 16, 24, 32 steps,
-# i.e. epochs 16 // 5 = 3, 24 // 5 = 4 and 32 // 5 = 6 of 5 steps.
-MAIN_RUN_CONFIG = ['DATA.NUM_WORKERS=1', 'TRAIN.STEPS_PER_EPOCH=5', 'TRAIN.LR_SCHEDULE=[4,6,8]',
-                   'TRAIN.EVAL_PERIOD=6', 'TRAIN.CHECKPOINT_PERIOD=6']
+# 2 ranks take 8 / 2 = 4x the steps of the batch-8 schedule [4, 5, 8]: 16, 20, 32 steps,
+# the ends of epochs 4, 5 and 8 of 4 steps.
+MAIN_RUN_CONFIG = ['DATA.NUM_WORKERS=1', 'TRAIN.STEPS_PER_EPOCH=4', 'TRAIN.LR_SCHEDULE=[4,5,8]',
+                   'TRAIN.EVAL_PERIOD=8', 'TRAIN.CHECKPOINT_PERIOD=8']
 STALL_WARNINGS = ('waiting for remainder of ranks', 'Stalled ranks')
 
 
@@ -146,7 +146,7 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def main_run(tmp_path_factory, data_dir):
-    """The 2-rank GN run: trains 6 epochs of 5 steps, evaluates and saves at the end."""
+    """The 2-rank GN run: trains 8 epochs of 4 steps, evaluates and saves at the end."""
     workdir = str(tmp_path_factory.mktemp('horovod_main'))
     logdir = os.path.join(workdir, 'train_log')
     config = ['DATA.BASEDIR=' + data_dir] + MODEL_CONFIG + TRAIN_CONFIG + MAIN_RUN_CONFIG
@@ -180,7 +180,7 @@ def test_only_rank_zero_writes_files(finished_main_run):
     run = finished_main_run
     assert os.listdir(run.workdir) == ['train_log']   # rank 1 wrote no log directory of its own
     files = os.listdir(run.logdir)
-    assert checkpoints.list_checkpoints(run.logdir) == [os.path.join(run.logdir, 'model-30')]
+    assert checkpoints.list_checkpoints(run.logdir) == [os.path.join(run.logdir, 'model-32')]
     assert len([f for f in files if f.startswith('events.out.tfevents')]) == 1
     assert 'log.log' in files
     assert not [f for f in files if '-part' in f], 'evaluation part files should have been gathered and removed'
@@ -201,7 +201,7 @@ def test_evaluation_runs_on_both_ranks_without_stalls(finished_main_run):
     run = finished_main_run
     for rank in (0, 1):
         assert any('Running evaluation on coco_val2017' in line for line in rank_lines(run.output, rank)), rank
-    with open(os.path.join(run.logdir, 'coco_val2017-outputs30.json')) as f:
+    with open(os.path.join(run.logdir, 'coco_val2017-outputs32.json')) as f:
         results = json.load(f)
     # rank 0 predicted images 1..4, rank 1 images 5..8 (one contiguous shard each)
     image_ids = {r['image_id'] for r in results}
@@ -214,13 +214,13 @@ def test_evaluation_runs_on_both_ranks_without_stalls(finished_main_run):
 def test_schedule_is_scaled_for_two_ranks(finished_main_run):
     output = finished_main_run.output
     assert 'Towers: 2, gradient accumulation: 1 step(s)' in output
-    # warmup: 1e-5 * min(8 / 2, 1) = 1e-5 at step 0, BASE_LR after WARMUP=10 steps (epoch 10 / 5 = 2)
-    assert logged_value(output, 'Warm Up Schedule (steps, value):') == [(0, 1e-5), (10, 0.005)]
-    epochs = logged_value(output, 'LR Schedule (epochs, value):')
-    assert [e for e, _ in epochs] == [2, 3, 4]
-    assert [lr for _, lr in epochs] == pytest.approx([0.005, 0.0005, 0.00005])
-    assert logged_value(output, 'Max epoch:') == 6
-    assert 'Epoch 6 (global_step 30) finished' in output
+    # warmup: 1e-5 * min(8 / 2, 1) = 1e-5 at step 0, BASE_LR after WARMUP=10 steps
+    assert logged_value(output, 'Warmup steps:') == 10
+    steps = logged_value(output, 'LR Schedule (steps, value):')
+    assert [s for s, _ in steps] == [0, 10, 16, 20]
+    assert [lr for _, lr in steps] == pytest.approx([1e-5, 0.005, 0.0005, 0.00005])
+    assert logged_value(output, 'Last step:') == 32 and logged_value(output, 'Max epoch:') == 8
+    assert 'Epoch 8 (global_step 32) finished' in output
     assert monitor_values(output, 'learning_rate')[-1] == pytest.approx(0.00005)
 
 
@@ -229,10 +229,10 @@ def test_final_checkpoint_evaluates_with_predict(finished_main_run, tmp_path):
     run = finished_main_run
     returncode, output = predict_evaluate(run.logdir, run.data_dir, str(tmp_path))
     assert returncode == 0, tail(output)
-    assert 'Restoring checkpoint from {}'.format(os.path.join(run.logdir, 'model-30')) in output
+    assert 'Restoring checkpoint from {}'.format(os.path.join(run.logdir, 'model-32')) in output
     with open(tmp_path / 'out.json-coco_val2017') as f:
         offline = json.load(f)
-    with open(os.path.join(run.logdir, 'coco_val2017-outputs30.json')) as f:
+    with open(os.path.join(run.logdir, 'coco_val2017-outputs32.json')) as f:
         during_training = json.load(f)
 
     # Same weights, same images: (nearly) the same detections; a different model would share almost none.
@@ -248,23 +248,23 @@ def test_resume_continues_on_every_rank(finished_main_run, tmp_path):
     workdir = str(tmp_path / 'resume')
     logdir = os.path.join(workdir, 'train_log')
     shutil.copytree(finished_main_run.logdir, logdir)
-    # the schedule now ends at 9 x 4 = 36 steps: epoch 7 (36 // 5) is left after the 30 done
+    # the schedule now ends at 9 x 4 = 36 steps: epoch 9 is left after the 32 done
     config = combine_overrides(
         ['DATA.BASEDIR=' + finished_main_run.data_dir] + MODEL_CONFIG + TRAIN_CONFIG + MAIN_RUN_CONFIG,
-        ['DATA.NUM_WORKERS=0', 'TRAIN.LR_SCHEDULE=[4,6,9]', 'TRAIN.EVAL_PERIOD=0', 'TRAIN.CHECKPOINT_PERIOD=1'])
+        ['DATA.NUM_WORKERS=0', 'TRAIN.LR_SCHEDULE=[4,5,9]', 'TRAIN.EVAL_PERIOD=0', 'TRAIN.CHECKPOINT_PERIOD=1'])
     returncode, output = horovodrun_train(workdir, logdir, config)
     assert returncode == 0, tail(output)
 
-    assert 'is at step 30: continuing with epoch 7' in output
+    assert 'is at step 32: continuing with epoch 9' in output
     for rank in (0, 1):
         started = [line.split('Start Epoch ')[1] for line in rank_lines(output, rank) if 'Start Epoch ' in line]
-        assert started == ['7 ...'], (rank, started)
+        assert started == ['9 ...'], (rank, started)
     prints = fingerprints(output)
     # rank 0 restored exactly the variables the first run ended with; rank 1 got them by broadcast
     assert prints[(0, 'after-init-before-broadcast')] == fingerprints(finished_main_run.output)[(0, 'after-training')]
     assert prints[(1, 'after-init-before-broadcast')] != prints[(0, 'after-init-before-broadcast')]
     assert prints[(0, 'after-training')] == prints[(1, 'after-training')]
-    assert checkpoints.list_checkpoints(logdir)[0] == os.path.join(logdir, 'model-35')
+    assert checkpoints.list_checkpoints(logdir)[0] == os.path.join(logdir, 'model-36')
 
 
 # SyncBN ----------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ MODEL_CONFIG = [
 # No random sampling in the graph: at most 5 levels x 50 proposals + the gt boxes, far fewer than
 # FRCNN.BATCH_PER_IM, so every proposal is sampled and two graphs see the same rois.
 DETERMINISTIC = ['FRCNN.BATCH_PER_IM=1024']
-# 2 towers take 8 / 2 = 4x the steps of the batch-8 schedule [1, 2, 3]: 4, 8 and 12 steps, i.e.
+# 2 towers take 8 / 2 = 4x the steps of the batch-8 schedule [1, 2, 3]: 4, 8 and 12 steps, the ends of
 # epochs 2, 4 and 6 of 2 steps; the accumulation default is 8 // 2 = 4 steps.
 BASE_LR, WARMUP_INIT_LR = 0.01, 0.001
 TRAIN_CONFIG = ['TRAIN.STEPS_PER_EPOCH=2', 'TRAIN.LR_SCHEDULE=[1,2,3]', 'TRAIN.WARMUP=2',
@@ -245,11 +245,11 @@ def test_two_towers_scale_the_schedule_and_accumulate_four_steps(replicated_run)
     assert 'Towers: 2, gradient accumulation: 4 step(s)' in output
     assert 'Training a model of 2 towers' in output
     # warmup starts at WARMUP_INIT_LR * min(8 / 2, 1) and reaches BASE_LR after WARMUP=2 steps (epoch 1)
-    assert logged_value(output, 'Warm Up Schedule (steps, value):') == [(0, WARMUP_INIT_LR), (2, BASE_LR)]
-    epochs = logged_value(output, 'LR Schedule (epochs, value):')
-    assert [e for e, _ in epochs] == [1, 2, 4]
-    assert [lr for _, lr in epochs] == pytest.approx([BASE_LR, BASE_LR * 0.1, BASE_LR * 0.01])
-    assert logged_value(output, 'Max epoch:') == 6
+    assert logged_value(output, 'Warmup steps:') == 2
+    steps = logged_value(output, 'LR Schedule (steps, value):')
+    assert [s for s, _ in steps] == [0, 2, 4, 8]
+    assert [lr for _, lr in steps] == pytest.approx([WARMUP_INIT_LR, BASE_LR, BASE_LR * 0.1, BASE_LR * 0.01])
+    assert logged_value(output, 'Last step:') == LAST_STEP and logged_value(output, 'Max epoch:') == 6
     assert 'Epoch 6 (global_step {}) finished'.format(LAST_STEP) in output
     assert monitor_values(output, 'learning_rate')[-1] == pytest.approx(BASE_LR * 0.01)
 

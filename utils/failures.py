@@ -25,7 +25,7 @@ from tensorpack.utils import logger
 
 __all__ = ['EXIT_FAILED', 'EXIT_INTERRUPTED', 'EXIT_SIGTERM', 'InputPipelineError', 'StopRequested',
            'InputFailureRecorder', 'SigtermHandler', 'TrainingGuard', 'fix_tensorpack_log_format',
-           'installed_sigterm_handler', 'one_line', 'run_and_exit']
+           'installed_sigterm_handler', 'one_line', 'run_and_exit', 'watch_log_file']
 
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 128 + signal.SIGINT   # 130, as a shell reports a process killed by SIGINT
@@ -122,8 +122,8 @@ class SigtermHandler:
         timer.start()
 
     def _give_up(self):
-        logger.error('Stopped by SIGTERM: training did not stop within {:g} s; exiting without a new checkpoint.'
-                     .format(self.grace_seconds))
+        _final_line('Stopped by SIGTERM: training did not stop within {:g} s; exiting without a new checkpoint.'
+                    .format(self.grace_seconds), logging.ERROR)
         _flush_logs()
         os._exit(EXIT_SIGTERM)
 
@@ -137,6 +137,25 @@ def installed_sigterm_handler():
 
 
 # the trainer's side -----------------------------------------------------------------------
+class _StopReasonHandler(logging.Handler):
+    """Catches tensorpack's "Training was stopped by exception ..." line: the trainer takes an
+    OutOfRangeError (or StopTraining) from anywhere for the end of training and logs only this."""
+
+    PREFIX = 'Training was stopped by exception '
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.reason = None
+
+    def emit(self, record):
+        message = record.getMessage()
+        if message.startswith(self.PREFIX):
+            lines = [line.strip() for line in message[len(self.PREFIX):].splitlines()]
+            useful = [line for line in lines if line and line != 'Graph execution error:'
+                      and not line.startswith(('Detected at node', 'File "'))]
+            self.reason = useful[0].rstrip('.') if useful else None
+
+
 class TrainingGuard(Callback):
     """Stops training at the first step after the input pipeline failed or SIGTERM arrived.
 
@@ -145,7 +164,8 @@ class TrainingGuard(Callback):
         sigterm: a SigtermHandler, or None.
     `saver` (a ModelSaver, set by train.py; used on the chief only) saves the checkpoint on
     SIGTERM. After training, `raise_if_incomplete()` tells a run that ended early from one
-    that completed its schedule.
+    that completed its schedule; it reads only what the guard kept, never the trainer, which
+    may be gone by then.
     """
 
     _chief_only = False
@@ -153,29 +173,50 @@ class TrainingGuard(Callback):
     def __init__(self, recorder, sigterm=None):
         self._recorder = recorder
         self._sigterm = sigterm
+        self._stop_reason = _StopReasonHandler()
         self.saver = None
         self.completed = False
+        self.last_step = None
+        self.max_epoch = None
 
     def _before_train(self):
+        self.max_epoch = self.trainer.max_epoch
+        self.last_step = self.global_step
+        logging.getLogger('tensorpack').addHandler(self._stop_reason)
         if self._sigterm is not None:
             self._sigterm.in_training_loop = True
         if self.trainer.starting_epoch > self.trainer.max_epoch:   # no epoch to run
             self.completed = True
 
     def _trigger_step(self):
-        if self._sigterm is not None and self._sigterm.received:
-            self._stop_for_sigterm()
+        self.last_step = self.global_step
+        self.stop_if_requested()
         error = self._recorder.error()
         if error is not None:
             raise error
+
+    def _before_epoch(self):
+        self.stop_if_requested()   # SIGTERM during the previous epoch's callbacks (an evaluation)
 
     def _after_epoch(self):
         if self.epoch_num >= self.trainer.max_epoch:
             self.completed = True
 
     def _after_train(self):
+        self.last_step = self.global_step
+        logging.getLogger('tensorpack').removeHandler(self._stop_reason)
         if self._sigterm is not None:
             self._sigterm.in_training_loop = False
+
+    def stop_requested(self):
+        """True once SIGTERM arrived: long callbacks (an evaluation) ask this and give up early."""
+        return self._sigterm is not None and self._sigterm.received
+
+    def stop_if_requested(self):
+        """After SIGTERM: save a checkpoint of the last completed step (on the chief) and raise
+        StopRequested."""
+        if self.stop_requested():
+            self._stop_for_sigterm()
 
     def _stop_for_sigterm(self):
         step = self.global_step
@@ -196,8 +237,10 @@ class TrainingGuard(Callback):
         error = self._recorder.error()
         if error is not None:
             raise error
-        raise RuntimeError('Training stopped at global_step={} before the end of its schedule ({} epochs); '
-                           'the log above says why.'.format(self.global_step, self.trainer.max_epoch))
+        reason = self._stop_reason.reason
+        raise RuntimeError('Training stopped at global_step={} before the end of its schedule ({} epochs){}'.format(
+            self.last_step, self.max_epoch,
+            ': ' + reason if reason else '; the log above says why.'))
 
 
 # logging and the exit -----------------------------------------------------------------------
@@ -238,12 +281,56 @@ def _wait_for_input_threads(timeout=10.0):
             thread.join(max(deadline - time.monotonic(), 0.))
 
 
+def watch_log_file():
+    """Make a log file that can no longer be written (a full disk) say so once on stderr and drop out,
+    instead of printing a "--- Logging error ---" traceback for every later message."""
+    tensorpack_logger = logging.getLogger('tensorpack')
+    for handler in tensorpack_logger.handlers:
+        if isinstance(handler, logging.FileHandler) and not getattr(handler, '_watched', False):
+            handler._watched = True
+            handler.handleError = _log_file_failed(tensorpack_logger, handler)
+
+
+def _log_file_failed(owner, handler):
+    def handle_error(record):
+        owner.removeHandler(handler)
+        cause = one_line(sys.exc_info()[1]) if sys.exc_info()[1] is not None else 'write failed'
+        _write_stderr('Cannot write the log file {} ({}); the log continues on the terminal only.'.format(
+            handler.baseFilename, cause))
+    return handle_error
+
+
+def _write_stderr(text):
+    try:
+        sys.stderr.write(text + '\n')
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _final_line(text, level):
+    """The run's last line: into the log files through the logger, and straight to stderr (not through
+    the logger's terminal handler), so that it ends the output even when the log file can't be written."""
+    tensorpack_logger = logging.getLogger('tensorpack')
+    record = tensorpack_logger.makeRecord(tensorpack_logger.name, level, __file__, 0, text, (), None)
+    for handler in tensorpack_logger.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    _write_stderr('[{}] {}{}'.format(time.strftime('%m%d %H:%M:%S'), 'ERR ' if level >= logging.ERROR else 'WRN ',
+                                     text))
+
+
 def run_and_exit(main):
     """Run `main()` as train.py's whole process and exit with one of the codes above.
 
-    The last line of a failed run says what went wrong. The interpreter's exit handlers then
-    run as usual (main() has already stopped the data workers); should one of them hang, the
-    process ends anyway `EXIT_GRACE_SECONDS` later.
+    The last line of a failed run says what went wrong; it goes to stderr directly. The
+    interpreter's exit handlers then run as usual (main() has already stopped the data workers);
+    should one of them hang, the process ends anyway `EXIT_GRACE_SECONDS` later.
     """
     global _installed_sigterm_handler
     fix_tensorpack_log_format()
@@ -254,21 +341,19 @@ def run_and_exit(main):
         raise
     except StopRequested as stop:
         _wait_for_input_threads()
-        logger.warn(stop.message)
+        _final_line(stop.message, logging.WARNING)
         code = EXIT_SIGTERM
     except KeyboardInterrupt:
         _wait_for_input_threads()
-        logger.error('Interrupted (Ctrl-C).')
+        _final_line('Interrupted (Ctrl-C).', logging.ERROR)
         code = EXIT_INTERRUPTED
     except BaseException as err:   # noqa: BLE001 - every failure must give a non-zero exit
         _wait_for_input_threads()
         logger.error('Training failed:\n' + ''.join(traceback.format_exception(type(err), err, err.__traceback__)))
-        logger.error('Training failed: {}: {}'.format(type(err).__name__, one_line(err)))
+        _final_line('Training failed: {}: {}'.format(type(err).__name__, one_line(err)), logging.ERROR)
         code = EXIT_FAILED
     else:
         return
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
     timer = threading.Timer(EXIT_GRACE_SECONDS, os._exit, (code,))
     timer.daemon = True
     timer.start()

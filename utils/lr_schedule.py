@@ -1,35 +1,82 @@
-"""The learning-rate plan of a run: the config's "total batch of 8" schedule in this run's steps
-and epochs, and the tensorpack callbacks that apply it."""
+"""The learning-rate plan of a run: the config's "total batch of 8" schedule in this run's steps,
+and the tensorpack callbacks that apply it step by step and line epochs up with it.
+
+Everything counts global steps, so a run resumed from a checkpoint at any step changes the
+learning rate at the same steps and ends at the same step as an uninterrupted run.
+"""
+import math
 from collections import namedtuple
+
+from utils.tf_compat import tf  # noqa: F401 - before tensorpack, which imports TensorFlow
+from tensorpack.callbacks import Callback, HyperParamSetter
 
 from modeling.params import REFERENCE_TOTAL_BATCH
 
-__all__ = ['Schedule', 'compute_schedule', 'learning_rate_setters']
+__all__ = ['Schedule', 'compute_schedule', 'StepLearningRate', 'EpochsAlignedToSteps', 'learning_rate_setters']
 
-Schedule = namedtuple('Schedule', ['warmup', 'epochs', 'max_epoch'])
-Schedule.__doc__ = """The learning-rate plan of one run, as tensorpack's setters take it.
 
-warmup: [(step, lr), ...] interpolated linearly, step-based.
-epochs: [(epoch, lr), ...] set after the completion of each epoch.
-max_epoch: int, the epoch after which training stops.
-"""
+class Schedule(namedtuple('Schedule', ['base_lr', 'init_lr', 'warmup_steps', 'decay_steps', 'last_step',
+                                       'steps_per_epoch'])):
+    """The learning-rate plan of one run, in this run's global steps.
+
+    base_lr: the rate after warmup, before any decay.
+    init_lr: the rate of the first step (the start of the linear warmup).
+    warmup_steps: steps of the linear ramp from init_lr to base_lr.
+    decay_steps: sorted steps after which the rate is multiplied by 0.1 (several at one step multiply).
+    last_step: the global step at which training ends.
+    steps_per_epoch: TRAIN.STEPS_PER_EPOCH; epoch k covers steps ((k - 1) * steps_per_epoch,
+        k * steps_per_epoch], the last one cut at `last_step`.
+    """
+
+    __slots__ = ()
+
+    def lr_after(self, step):
+        """The rate of the step that follows `step` completed steps: warmup(step) * 0.1^k, k the
+        decays at or before `step`; warmup(step) rises linearly from init_lr to base_lr."""
+        decay = 0.1 ** sum(1 for boundary in self.decay_steps if boundary <= step)
+        if step >= self.warmup_steps:
+            return self.base_lr * decay
+        return (step * 1. / self.warmup_steps * (self.base_lr - self.init_lr) + self.init_lr) * decay
+
+    @property
+    def max_epoch(self):
+        return -(-self.last_step // self.steps_per_epoch)
+
+    def announced(self):
+        """[(step, rate)]: the rate in effect after each listed number of completed steps; the
+        warmup ramps linearly between its first two entries (and scales with a decay inside it)."""
+        points = sorted({0, min(self.warmup_steps, self.last_step)} |
+                        {s for s in self.decay_steps if s < self.last_step})
+        return [(step, self.lr_after(step)) for step in points]
+
+    def starting_epoch(self, global_step):
+        """The epoch that holds the step after `global_step` (1-based)."""
+        return global_step // self.steps_per_epoch + 1
+
+    def steps_in_epoch(self, epoch, global_step):
+        """How many steps epoch `epoch` runs when it starts after `global_step` completed steps."""
+        return max(min(epoch * self.steps_per_epoch, self.last_step) - global_step, 0)
+
+
+def _steps_of_run(steps, factor):
+    """A step count of the batch-8 schedule in this run's steps: the first step by which the run has
+    seen at least as many images (a fraction of a step can't be run)."""
+    return int(math.ceil(steps * factor - 1e-9))
 
 
 def compute_schedule(*, base_lr, warmup_steps, warmup_init_lr, lr_schedule, steps_per_epoch, images_per_step):
-    """Translate the config's "total batch of 8" schedule into this run's steps and epochs.
+    """Translate the config's "total batch of 8" schedule into this run's steps.
 
     `lr_schedule` is [decay1, decay2, ..., last] in steps of a total batch of 8 images. A run
     whose step sees `images_per_step` images (towers, i.e. GPUs or Horovod ranks, 1 on the CPU,
-    times TRAIN.BATCH_SIZE_PER_GPU) takes 8 / images_per_step times as many steps; the decays land
-    on epoch boundaries, as in tensorpack's example. Warmup is counted in this run's own steps and
-    starts lower when more than 8 images share a step.
+    times TRAIN.BATCH_SIZE_PER_GPU) takes 8 / images_per_step times as many steps, rounded up to
+    whole steps. Each decay takes effect at its exact step and training ends at the last one
+    (tensorpack's example rounds them down to epochs). Warmup is counted in this run's own steps
+    and starts lower when more than 8 images share a step.
 
-    The learning rate after `s` completed steps is warmup(s) * 0.1^k, where warmup(s) rises
-    linearly from the initial rate to `base_lr` over `warmup_steps` (then stays there) and k
-    counts the decay boundaries at or before step s. The two lists encode exactly that for
-    tensorpack's two setters (`learning_rate_setters`): a decay that falls inside the warmup
-    scales the rest of the ramp and is a point of the warmup list; the epoch list holds one
-    entry per boundary from the end of warmup on. Every listed value takes effect.
+    Raises ValueError for a schedule this run cannot follow: one that ends before its first step,
+    a decay before the first step, or two different decays of the config that fall on one step
+    of this run (a stage would vanish).
     """
     if images_per_step < 1:
         raise ValueError('images_per_step must be at least 1, got {}'.format(images_per_step))
@@ -39,33 +86,64 @@ def compute_schedule(*, base_lr, warmup_steps, warmup_init_lr, lr_schedule, step
         raise ValueError('TRAIN.WARMUP={} must be >= 0.'.format(warmup_steps))
     factor = float(REFERENCE_TOTAL_BATCH) / images_per_step
     init_lr = warmup_init_lr * min(factor, 1.)
-    decay_steps = [int(steps * factor // steps_per_epoch) * steps_per_epoch for steps in lr_schedule[:-1]]
+    last_step = _steps_of_run(lr_schedule[-1], factor)
+    if last_step < 1:
+        raise ValueError('TRAIN.LR_SCHEDULE={} ends before the first step; its last entry must be at least 1.'
+                         .format(list(lr_schedule)))
+    decays = list(lr_schedule[:-1])
+    decay_steps = tuple(_steps_of_run(steps, factor) for steps in decays)
+    if any(step < 1 for step in decay_steps):
+        raise ValueError('TRAIN.LR_SCHEDULE={}: a decay at step {} would apply before training starts; give decays '
+                         '>= 1.'.format(list(lr_schedule), min(decays)))
+    for (a, step_a), (b, step_b) in zip(zip(decays, decay_steps), zip(decays[1:], decay_steps[1:])):
+        if a != b and step_a == step_b and step_a < last_step:
+            raise ValueError(
+                'TRAIN.LR_SCHEDULE={}: the decays at {} and {} (steps of 8 images) both fall on step {} of this run '
+                '({} image(s) per step), so the stage between them would vanish. Space them at least {:g} apart, '
+                'or make them equal to decay by 0.01 at once.'.format(
+                    list(lr_schedule), a, b, step_a, images_per_step, images_per_step / float(REFERENCE_TOTAL_BATCH)))
+    return Schedule(base_lr=base_lr, init_lr=init_lr, warmup_steps=warmup_steps, decay_steps=decay_steps,
+                    last_step=last_step, steps_per_epoch=steps_per_epoch)
 
-    def lr_after(step):
-        decay = 0.1 ** sum(1 for boundary in decay_steps if boundary <= step)
-        if step >= warmup_steps:
-            return base_lr * decay
-        return (init_lr + (base_lr - init_lr) * step / warmup_steps) * decay
 
-    # Linear between consecutive points; a decay inside the warmup is a jump between two of them.
-    points = {0, warmup_steps}
-    points.update(s for boundary in decay_steps if 0 < boundary <= warmup_steps for s in (boundary - 1, boundary))
-    warmup = [(step, lr_after(step)) for step in sorted(points)]
-    warmup_end_epoch = -(-warmup_steps // steps_per_epoch)   # the first boundary at or after the end of warmup
-    epochs = sorted({warmup_end_epoch} | {boundary // steps_per_epoch for boundary in decay_steps
-                                          if boundary // steps_per_epoch >= warmup_end_epoch})
-    epochs = [(epoch, lr_after(epoch * steps_per_epoch)) for epoch in epochs]
-    max_epoch = int(lr_schedule[-1] * factor // steps_per_epoch)
-    if max_epoch < 1:
-        raise ValueError(
-            'TRAIN.LR_SCHEDULE ends at {} steps (x{:g} for {} image(s) per step) which is less than one epoch of '
-            'TRAIN.STEPS_PER_EPOCH={}; lower STEPS_PER_EPOCH or lengthen the schedule.'
-            .format(lr_schedule[-1], factor, images_per_step, steps_per_epoch))
-    return Schedule(warmup, epochs, max_epoch)
+class StepLearningRate(HyperParamSetter):
+    """Sets `learning_rate` to schedule.lr_after(global_step) before training and after every step
+    (only when it changes): the same rate at each step whatever step the run started from."""
+
+    def __init__(self, schedule):
+        super().__init__('learning_rate')
+        self._schedule = schedule
+
+    def _get_value_to_set(self):
+        value = self._schedule.lr_after(self.global_step)
+        return None if value == self._last_value else value
+
+    def _trigger_step(self):
+        self.trigger()
+
+    def _trigger_epoch(self):
+        pass
+
+
+class EpochsAlignedToSteps(Callback):
+    """Makes epoch k end at global step k * STEPS_PER_EPOCH, and the last one at the schedule's last
+    step: a run resumed from a step inside an epoch finishes that epoch first, so checkpoints,
+    evaluations and the end fall on the same steps as in an uninterrupted run.
+
+    tensorpack runs `trainer.loop.steps_per_epoch` steps per epoch, reading it after the callbacks'
+    before_epoch; this sets it there for the epoch about to run.
+    """
+
+    _chief_only = False
+
+    def __init__(self, schedule):
+        self._schedule = schedule
+
+    def _before_epoch(self):
+        self.trainer.loop.steps_per_epoch = self._schedule.steps_in_epoch(self.epoch_num, self.global_step)
 
 
 def learning_rate_setters(schedule):
-    """The two tensorpack callbacks that apply `schedule` to the graph's `learning_rate`."""
-    from tensorpack.callbacks import ScheduledHyperParamSetter
-    return [ScheduledHyperParamSetter('learning_rate', schedule.warmup, interp='linear', step_based=True),
-            ScheduledHyperParamSetter('learning_rate', schedule.epochs)]
+    """The tensorpack callbacks that apply `schedule`: the rate of every step, and epochs that
+    follow the global step."""
+    return [StepLearningRate(schedule), EpochsAlignedToSteps(schedule)]

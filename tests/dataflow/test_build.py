@@ -1,4 +1,5 @@
 """The dataflow builders of dataflow/build.py, from settings records made by hand (no global config)."""
+import cv2
 import numpy as np
 import pytest
 
@@ -68,3 +69,21 @@ def test_seed_and_rank_pick_the_streams(one_image):
 def test_negative_worker_count_is_an_error(one_image):
     with pytest.raises(ValueError, match='DATA.NUM_WORKERS=-1'):
         build.get_train_dataflow(_settings()._replace(num_workers=-1))
+
+
+def test_exif_orientations_are_counted_once_per_split(tmp_path, log_messages):
+    from tests.dataflow.test_image_io import write_jpeg_with_orientation
+    image = np.zeros((8, 16, 3), np.uint8)
+    names = []
+    for k, orientation in enumerate([6, 1, 3, None]):
+        names.append(str(tmp_path / '{}.jpg'.format(k)))
+        if orientation is None:
+            cv2.imwrite(names[-1], image)
+        else:
+            write_jpeg_with_orientation(names[-1], image, orientation)
+    assert build.report_exif_orientations('exif_test_split', names, True) == 2
+    assert build.report_exif_orientations('exif_test_split', names, True) is None   # said once
+    assert "exif_test_split: 2 of 4 images carry an EXIF orientation tag other than 1 (rotated or mirrored). " \
+           "With DATA.EXIF_ORIENTATION='apply' they are read turned as the tag says" in log_messages[-1]
+    assert build.report_exif_orientations('exif_test_ignored', names, False) == 2
+    assert "With DATA.EXIF_ORIENTATION='ignore' they are read as stored" in log_messages[-1]

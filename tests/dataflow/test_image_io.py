@@ -75,3 +75,38 @@ def test_image_size_must_match_the_annotations(tmp_path):
         image_io.read_image_bgr(str(path), expected_hw=(3, 5))
     with pytest.raises(image_io.ImageSizeMismatchError, match='swapped'):
         image_io.read_image_bgr(str(path), expected_hw=(6, 4))
+
+
+def write_jpeg_with_orientation(path, image, orientation):
+    """`image` as a JPEG whose EXIF block (APP1, little-endian TIFF) holds only the Orientation tag."""
+    ok, encoded = cv2.imencode('.jpg', image, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    assert ok
+    tiff = (b'II*\x00' + (8).to_bytes(4, 'little') + (1).to_bytes(2, 'little') +
+            (0x0112).to_bytes(2, 'little') + (3).to_bytes(2, 'little') + (1).to_bytes(4, 'little') +
+            orientation.to_bytes(2, 'little') + b'\x00\x00' + (0).to_bytes(4, 'little'))
+    payload = b'Exif\x00\x00' + tiff
+    app1 = b'\xff\xe1' + (len(payload) + 2).to_bytes(2, 'big') + payload
+    data = encoded.tobytes()
+    with open(path, 'wb') as f:
+        f.write(data[:2] + app1 + data[2:])
+
+
+def test_exif_orientation_is_applied_or_ignored_as_asked(tmp_path):
+    # 8 high, 16 wide: the left half dark, the right half bright. Orientation 6 says "turn 90 degrees
+    # clockwise to show": shown 16 high and 8 wide, the bright half at the bottom.
+    image = np.zeros((8, 16, 3), np.uint8)
+    image[:, 8:] = 255
+    path = str(tmp_path / 'phone.jpg')
+    write_jpeg_with_orientation(path, image, 6)
+    assert image_io.exif_orientation(path) == 6
+    shown = image_io.read_image_bgr(path)   # DATA.EXIF_ORIENTATION='apply', the default: as before
+    assert shown.shape == (16, 8, 3) and shown[12].mean() > 200 and shown[3].mean() < 50
+    stored = image_io.read_image_bgr(path, apply_exif_orientation=False)
+    assert stored.shape == (8, 16, 3) and stored[:, 12].mean() > 200
+    with pytest.raises(image_io.ImageSizeMismatchError, match="DATA.EXIF_ORIENTATION='apply' applies"):
+        image_io.read_image_bgr(path, expected_hw=(8, 16))
+    plain = str(tmp_path / 'plain.jpg')
+    cv2.imwrite(plain, image)
+    assert image_io.exif_orientation(plain) is None and image_io.exif_orientation(str(tmp_path / 'phone.jpg')) == 6
+    write_jpeg_with_orientation(plain, image, 1)
+    assert image_io.exif_orientation(plain) == 1
