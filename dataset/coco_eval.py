@@ -203,6 +203,24 @@ def _write_details(output, details):
     logger.info("Per-class AP written to {} and {}.".format(text_path, json_path))
 
 
+def _evaluate_nothing(coco_gt, output):
+    """What `evaluate_coco` reports for no detections (pycocotools can't load an empty result
+    list): zeros, and None for the classes without ground truth, as it would have."""
+    logger.warn("No detections to evaluate; reporting 0 for every metric.")
+    annotations = coco_gt.dataset['annotations']
+    iou_types = ['bbox']
+    if annotations and all('segmentation' in ann for ann in annotations):
+        iou_types.append('segm')
+    with_gt = {ann['category_id'] for ann in annotations if not ann.get('iscrowd', 0)}
+    per_class = {cat['name']: {field: 0.0 if cat['id'] in with_gt else None for field in PER_CLASS_FIELDS}
+                 for cat in coco_gt.loadCats(sorted(coco_gt.getCatIds()))}
+    details = {t: {'stats': {name: 0.0 for name in STAT_NAMES}, 'per_class': per_class} for t in iou_types}
+    logger.info("Per-class AP:\n" + per_class_table({t: d['per_class'] for t, d in details.items()}))
+    if output is not None:
+        _write_details(output, details)
+    return _zero_metrics(iou_types)
+
+
 def evaluate_coco(coco_gt, results, output=None):
     """COCO AP of `results` against `coco_gt`.
 
@@ -216,13 +234,12 @@ def evaluate_coco(coco_gt, results, output=None):
     Returns:
         dict: 'mAP(bbox)/<field>' for each of METRIC_FIELDS, and 'mAP(segm)/<field>' when any
         result has a segmentation. Values in [0, 1]; pycocotools reports -1 for an area range
-        without ground truth. Empty `results` give all-zero bbox metrics and a warning (and
-        no per-class files).
+        without ground truth. Empty `results` score 0 with a warning, for 'bbox' and, where the
+        ground truth has masks, 'segm', and write the same files as any evaluation.
     """
     from pycocotools.cocoeval import COCOeval
     if len(results) == 0:
-        logger.warn("No detections to evaluate; reporting 0 for every metric.")
-        return _zero_metrics(['bbox'])
+        return _evaluate_nothing(coco_gt, output)
 
     known_images = set(coco_gt.getImgIds())
     unknown = sorted({r['image_id'] for r in results if r['image_id'] not in known_images}, key=str)

@@ -21,13 +21,17 @@ def _default_config():
 
 @pytest.fixture
 def log_messages():
-    """Messages logged through tensorpack's logger during the test."""
+    """Messages logged during the test through tensorpack's logger, or through the plain logger
+    that utils.logs uses in a process that has not imported tensorpack (the datasets alone)."""
     records = []
     handler = logging.Handler()
     handler.emit = lambda record: records.append(record.getMessage())
-    logging.getLogger('tensorpack').addHandler(handler)
+    loggers = [logging.getLogger(name) for name in ('tensorpack', 'frcnn')]
+    for logger in loggers:
+        logger.addHandler(handler)
     yield records
-    logging.getLogger('tensorpack').removeHandler(handler)
+    for logger in loggers:
+        logger.removeHandler(handler)
 
 
 @pytest.fixture

@@ -20,10 +20,11 @@ def _logger():
     if 'tensorpack.utils.logger' in sys.modules:
         return logging.getLogger('tensorpack')
     logger = logging.getLogger(_FALLBACK_NAME)
-    if not logger.handlers:
+    if not any(getattr(h, 'frcnn_stdout', False) for h in logger.handlers):   # set up once
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter('[%(asctime)s @%(filename)s:%(lineno)d] %(message)s',
                                                datefmt='%m%d %H:%M:%S'))
+        handler.frcnn_stdout = True
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False

@@ -90,3 +90,27 @@ def test_per_class_ap_averages_the_right_slices():
     assert '-' in per_class_table({'bbox': table}).splitlines()[3]
     with pytest.raises(ValueError, match='K = 3'):
         per_class_ap(precision, iou_thresholds, ['a', 'b', 'c'])
+
+
+def test_no_detections_give_zeros_and_the_usual_files(tmp_path):
+    """A model that found nothing still gets box and mask lines and the per-class files."""
+    output = str(tmp_path / 'results.json')
+    metrics = evaluate_coco(_ground_truth(), [], output=output)
+    assert sorted({key.split('/')[0] for key in metrics}) == ['mAP(bbox)', 'mAP(segm)']
+    assert set(metrics.values()) == {0.0}
+    text_path, json_path = per_class_paths(output)
+    details = json.loads(open(json_path).read())
+    assert list(details) == ['bbox', 'segm']
+    assert details['segm']['per_class']['block'] == {'AP': 0.0, 'AP50': 0.0, 'AP75': 0.0}
+    assert details['segm']['per_class']['ghost'] == {'AP': None, 'AP50': None, 'AP75': None}
+    assert list(details['bbox']['stats']) == list(STAT_NAMES)
+    assert open(text_path).read().splitlines()[3].split() == ['block', '0.000', '0.000', '0.000', '0.000', '0.000',
+                                                               '0.000']
+
+
+def test_no_detections_without_masks_in_the_ground_truth(tmp_path):
+    coco_gt = _ground_truth()
+    for ann in coco_gt.dataset['annotations']:
+        del ann['segmentation']
+    metrics = evaluate_coco(coco_gt, [], output=str(tmp_path / 'results.json'))
+    assert sorted({key.split('/')[0] for key in metrics}) == ['mAP(bbox)']
