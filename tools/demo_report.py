@@ -221,7 +221,8 @@ def draw_prediction_grid(coco_gt, results, image_dir, image_ids, score_thresh, s
 def onednn_setting(environ=os.environ):
     value = environ.get('TF_ENABLE_ONEDNN_OPTS')
     if value is None:
-        return "TensorFlow's default (on for x86 Linux CPUs; TF_ENABLE_ONEDNN_OPTS unset)"
+        return ("TensorFlow's default for this CPU (TF_ENABLE_ONEDNN_OPTS unset): on with AVX512_VNNI, "
+                "AVX512_BF16, AVX_VNNI or AMX; train.py logs which ('Training precision: ...')")
     return '{} (TF_ENABLE_ONEDNN_OPTS={})'.format('on' if value.strip().lower() in ('1', 'true') else 'off', value)
 
 
