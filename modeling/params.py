@@ -1,6 +1,6 @@
 """Frozen parameter records of the model, and the one step that makes them from a config.
 
-The model classes of generalized_rcnn.py take a `ModelParams` in their constructor and read
+The model classes (rcnn_c4.py, rcnn_fpn.py) take a `ModelParams` in their constructor and read
 nothing else; `ModelParams.from_config(cfg)` is the only code under modeling/ that reads a
 config, and it gets the config as an argument (no module here imports config.py). Tests build
 the records directly, or from a copy of a finalized config, so two differently configured
@@ -180,7 +180,7 @@ META_ARCHITECTURE_BY_MODE_FPN = {False: 'ResNetC4', True: 'ResNetFPN'}
 
 @dataclasses.dataclass(frozen=True)
 class ModelParams:
-    """Everything a model of generalized_rcnn.py reads while building its graph."""
+    """Everything a model (rcnn_c4.py, rcnn_fpn.py) reads while building its graph."""
     meta_architecture: str              # 'ResNetC4' or 'ResNetFPN'
     mode_mask: bool
     num_category: int                   # K

@@ -325,9 +325,9 @@ def test_config_rejects_non_bool_amp():
 # float16 loss scaling (the GPU path), run in float32 on the CPU ------------------------------
 @pytest.mark.parametrize('accumulate', [1, 2])
 def test_model_optimizer_wraps_loss_scaling_outermost_for_float16(monkeypatch, accumulate):
-    import modeling.generalized_rcnn as generalized_rcnn
+    import modeling.rcnn as rcnn
 
-    monkeypatch.setattr(generalized_rcnn, 'amp_compute_dtype', lambda: 'float16')
+    monkeypatch.setattr(rcnn, 'amp_compute_dtype', lambda: 'float16')
     helpers.configure('TRAIN.AMP=True', 'TRAIN.ACCUMULATE_STEPS={}'.format(accumulate))
     with tf.Graph().as_default():
         opt = helpers.build_model().optimizer()

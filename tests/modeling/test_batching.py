@@ -1,0 +1,69 @@
+"""Tests of modeling/batching.py: the batch of one that the one-image training inputs become, the
+gt of a batch, and that a lone image's proposals come from every cell of its feature maps."""
+import numpy as np
+import pytest
+
+from utils.tf_compat import tf
+
+from modeling import batching
+from utils import tensor_names as names
+
+from tests.modeling import rcnn_helpers as helpers
+from tests.tf_helpers import run_graph
+
+
+def test_batch_of_one_adds_the_batch_axis_and_the_two_batch_inputs():
+    image = np.zeros((5, 7, 3), np.float32)
+    gt_boxes = np.array([[0, 0, 2, 2], [1, 1, 4, 3], [2, 0, 6, 5]], np.float32)
+    gt_labels = np.array([1, 2, 1], np.int64)
+    anchor_labels = np.ones((2, 3, 4), np.int32)
+
+    def fn(*tensors):
+        inputs = dict(zip([names.IMAGE, names.GT_BOXES, names.GT_LABELS, names.C4_ANCHOR_LABELS], tensors))
+        return batching.batch_of_one(inputs)
+    batch = run_graph(fn, image, gt_boxes, gt_labels, anchor_labels)
+    assert sorted(batch) == sorted([names.IMAGE, names.GT_BOXES, names.GT_LABELS, names.C4_ANCHOR_LABELS,
+                                    names.IMAGE_VALID_HW, names.GT_COUNTS])
+    np.testing.assert_array_equal(batch[names.IMAGE_VALID_HW], [[5, 7]])
+    np.testing.assert_array_equal(batch[names.GT_COUNTS], [3])
+    np.testing.assert_array_equal(batch[names.GT_BOXES], gt_boxes[None])
+    assert batch[names.IMAGE].shape == (1, 5, 7, 3) and batch[names.C4_ANCHOR_LABELS].shape == (1, 2, 3, 4)
+
+
+def test_per_image_ground_truth_drops_the_padding_rows_and_offsets_each_image():
+    boxes = np.arange(2 * 3 * 4, dtype=np.float32).reshape((2, 3, 4))   # Mmax = 3
+    labels = np.array([[1, 2, 0], [3, 0, 0]], np.int64)
+    counts = np.array([2, 1], np.int32)
+
+    def fn(boxes, labels, counts):
+        gt = batching.per_image_ground_truth({names.GT_BOXES: boxes, names.GT_LABELS: labels,
+                                              names.GT_COUNTS: counts}, 2)
+        return gt.boxes, gt.labels, gt.offsets, [labels for _, labels in gt.per_image]
+    all_boxes, all_labels, offsets, per_image_labels = run_graph(fn, boxes, labels, counts)
+    np.testing.assert_array_equal(all_boxes, [boxes[0, 0], boxes[0, 1], boxes[1, 0]])
+    np.testing.assert_array_equal(all_labels, [1, 2, 3])
+    np.testing.assert_array_equal(offsets, [0, 2])
+    assert [list(x) for x in per_image_labels] == [[1, 2], [3]]
+
+
+@pytest.mark.parametrize('overrides', [[], ['MODE_FPN=False']], ids=['fpn', 'c4'])
+def test_a_lone_image_has_no_feature_cell_beyond_its_own(overrides):
+    """The RPN takes each image's candidates from its own cells (own_feature_cells, the cells it
+    has when alone) cut to the map; for a batch of one these must be the whole map, as a
+    one-image RPN sees it, whatever the image's size."""
+    helpers.configure(*overrides)
+    model = helpers.build_model()
+    params = model.params
+    sizes = [(128, 160), (97, 131), (113, 150), (64, 65)]
+    for height, width in sizes:
+        def fn(image):
+            return [tf.shape(f)[1:3] for f in model.backbone(image)]
+        map_sizes = run_graph(fn, np.zeros((1, height, width, 3), np.float32))
+        if params.meta_architecture == 'ResNetFPN':
+            strides, multiple = params.fpn.anchor_strides, params.fpn.resolution_requirement
+        else:
+            strides, multiple = [params.rpn.anchor_stride], 1
+        own = [run_graph(lambda hw: batching.own_feature_cells(hw, stride, multiple), np.array([height, width]))
+               for stride in strides]
+        for map_hw, own_hw in zip(map_sizes, own):
+            assert np.all(map_hw <= own_hw), ((height, width), map_hw, own_hw)
