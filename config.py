@@ -23,7 +23,8 @@ import pprint
 from collections import namedtuple
 
 from modeling import params as model_params
-from modeling.params import REFERENCE_TOTAL_BATCH   # the schedule keys count steps of this many images
+from utils.lr_schedule import REFERENCE_TOTAL_BATCH   # the schedule keys count steps of this many images
+from utils.devices import Devices
 
 __all__ = ['config', 'finalize_configs', 'validate_config', 'derive_config', 'Derived', 'Devices',
            'new_config', 'reset_config', 'describe_config']
@@ -430,15 +431,6 @@ def _short_edge_range(value):
     if len(scales) != 2 or scales[0] > scales[1]:
         raise ValueError('PREPROC.TRAIN_SHORT_EDGE_SIZE={!r}: give [min, max] or one size.'.format(value))
     return tuple(scales)
-
-
-class Devices(namedtuple('Devices', ['tower_devices', 'horovod_size', 'default_data_format'])):
-    """What the process can run towers on; made by `utils.tf_compat.detect_devices`.
-
-    tower_devices: visible GPUs, or CPU stand-ins for them (tests); 0 on a CPU-only machine.
-    horovod_size: the number of Horovod ranks when Horovod is initialized, else None.
-    default_data_format: the layout for BACKBONE.DATA_FORMAT=None ('NCHW' with GPUs, else 'NHWC').
-    """
 
 
 class Derived(namedtuple('Derived', [

@@ -26,7 +26,7 @@ from tensorpack.utils import logger
 from config import config as cfg, finalize_configs, num_towers, validate_config
 from dataflow.batching import AspectRatioGroupedBatches
 from dataset import register_balloon, register_coco, register_shapes
-from modeling.params import REFERENCE_TOTAL_BATCH
+from utils.lr_schedule import REFERENCE_TOTAL_BATCH
 from utils import checkpoints, failures, fingerprints, horovod_trainer, loss_watchdog, lr_schedule
 
 LOGDIR_ACTIONS = ('resume', 'backup')

@@ -14,12 +14,6 @@ import dataclasses
 import math
 from typing import Optional, Tuple
 
-# The learning rates and schedules in the config are written for a total batch of this many
-# images per step (tensorpack: 8 GPUs x 1 image). Gradients are summed over towers and
-# accumulation steps, so the optimizer divides the learning rate by it, and a run with fewer
-# towers accumulates REFERENCE_TOTAL_BATCH // towers steps.
-REFERENCE_TOTAL_BATCH = 8
-
 DATA_FORMATS = ('NHWC', 'NCHW')
 
 # The backbone's BatchNorm averages batch statistics over GPUs with one of these (SyncBN).

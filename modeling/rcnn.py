@@ -20,6 +20,7 @@ from tensorpack.models import l2_regularizer, regularize_cost
 from tensorpack.tfutils.summary import add_moving_summary
 
 from utils import tensor_names as names
+from utils.lr_schedule import REFERENCE_TOTAL_BATCH
 from utils.optimizers import AccumGradOptimizer, with_dynamic_loss_scaling
 
 from .backbone import image_preprocess
@@ -28,7 +29,7 @@ from .batching import (batch_of_one, batched_input_specs, image_indices, per_ima
 from .model_box import area, clip_boxes, crop_and_resize
 from .model_frcnn import BoxProposals, fastrcnn_predictions, sample_fast_rcnn_targets
 from .model_mrcnn import maskrcnn_loss, select_class_masks, unpackbits_masks
-from .params import REFERENCE_TOTAL_BATCH, ModelParams
+from .params import ModelParams
 
 GroundTruth = namedtuple('GroundTruth', ['boxes', 'labels', 'masks', 'image_inds'])
 GroundTruth.__doc__ = """Training targets of a batch: the gt of all images concatenated, boxes

@@ -2,9 +2,13 @@
 and epochs, and the tensorpack callbacks that apply it."""
 from collections import namedtuple
 
-from modeling.params import REFERENCE_TOTAL_BATCH
+__all__ = ['REFERENCE_TOTAL_BATCH', 'Schedule', 'compute_schedule', 'learning_rate_setters']
 
-__all__ = ['Schedule', 'compute_schedule', 'learning_rate_setters']
+# The learning rates and schedules in the config are written for a total batch of this many
+# images per step (tensorpack: 8 GPUs x 1 image). Gradients are summed over towers and
+# accumulation steps, so the model's optimizer divides the learning rate by it, and a run with
+# fewer towers accumulates REFERENCE_TOTAL_BATCH // towers steps.
+REFERENCE_TOTAL_BATCH = 8
 
 Schedule = namedtuple('Schedule', ['warmup', 'epochs', 'max_epoch'])
 Schedule.__doc__ = """The learning-rate plan of one run, as tensorpack's setters take it.

@@ -1,6 +1,5 @@
 """Tests of modeling/params.py: from_config maps each key to its field, the records are frozen,
 the ROI/mask size rule, and that modeling/ reads the config only through these records."""
-import ast
 import copy
 import dataclasses
 import math
@@ -95,23 +94,6 @@ def test_unknown_meta_architecture_lists_the_valid_ones():
         model_from_params(params.replace(meta_architecture='ResNetC5'))
     with pytest.raises(TypeError, match='ModelParams'):
         ResNetFPNModel(cfg)
-
-
-def _imported_modules(path):
-    tree = ast.parse(open(path).read(), path)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            yield from (alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            yield node.module
-
-
-def test_no_modeling_module_imports_config():
-    modeling_dir = os.path.join(REPO, 'modeling')
-    offenders = [name for name in sorted(os.listdir(modeling_dir)) if name.endswith('.py')
-                 and any(module.split('.')[0] == 'config'
-                         for module in _imported_modules(os.path.join(modeling_dir, name)))]
-    assert offenders == []
 
 
 def test_params_module_loads_no_tensorflow():
