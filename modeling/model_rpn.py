@@ -7,19 +7,20 @@ resized input image (see model_box for the box model).
 from utils.tf_compat import tf
 from tensorpack.models import Conv2D, layer_register
 from tensorpack.tfutils.argscope import argscope
-from tensorpack.tfutils.scope_utils import auto_reuse_variable_scope, under_name_scope
+from tensorpack.tfutils.scope_utils import under_name_scope
 from tensorpack.tfutils.summary import add_moving_summary
 
 from utils.tensor_names import RPN_PROPOSALS_SCOPE
 
 from .model_box import check_data_format, clip_boxes
+from .variable_reuse import reuse_variables_when_called_again
 
 # Recall/precision of the fg/bg classifier are summarized at these probabilities.
 _METRIC_THRESHOLDS = (0.5, 0.2, 0.1)
 
 
 @layer_register(log_shape=True)
-@auto_reuse_variable_scope
+@reuse_variables_when_called_again
 def rpn_head(featuremap, channel, num_anchors, data_format, keep_batch=False):
     """The RPN conv head; calling it again under the same name reuses its variables,
     so one head serves every FPN level.
