@@ -451,10 +451,6 @@ class Derived(namedtuple('Derived', [
     """
 
 
-# Whether the dataflow and the graph can train several images per tower (TRAIN.BATCH_SIZE_PER_GPU > 1).
-BATCHED_TRAINING_BUILT = True
-
-
 def validate_config(cfg=None):
     """Raise ValueError for a value or combination of values that can't work. Changes nothing."""
     cfg = _C if cfg is None else cfg
@@ -466,9 +462,6 @@ def validate_config(cfg=None):
     for key in _BOUNDS:
         node, leaf = _resolve_parent(cfg, key)
         _check_bound(key, getattr(node, leaf))
-    if cfg.TRAIN.BATCH_SIZE_PER_GPU > 1 and not BATCHED_TRAINING_BUILT:
-        raise ValueError('TRAIN.BATCH_SIZE_PER_GPU={}: only 1 image per tower is built so far.'
-                         .format(cfg.TRAIN.BATCH_SIZE_PER_GPU))
     if cfg.TRAIN.ACCUMULATE_STEPS is not None and cfg.TRAIN.ACCUMULATE_STEPS < 1:
         raise ValueError('TRAIN.ACCUMULATE_STEPS={} must be at least 1.'.format(cfg.TRAIN.ACCUMULATE_STEPS))
     if cfg.BACKBONE.NORM != 'FreezeBN' and cfg.BACKBONE.FREEZE_AFFINE:

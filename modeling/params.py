@@ -150,13 +150,11 @@ class MaskParams:
 
 
 @dataclasses.dataclass(frozen=True)
-class TestParams:
+class DetectionParams:
     """The final detections (TEST.*)."""
     result_score_thresh: float
     frcnn_nms_thresh: float
     results_per_im: int
-
-    __test__ = False    # not a pytest test class, despite its name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,7 +185,7 @@ class ModelParams:
     frcnn: FastRCNNParams
     cascade: CascadeParams
     mask: MaskParams
-    test: TestParams
+    test: DetectionParams
     train: TrainParams
 
     @property
@@ -253,7 +251,7 @@ class ModelParams:
                 ious=tuple(cfg.CASCADE.IOUS),
                 bbox_reg_weights=tuple(tuple(w) for w in cfg.CASCADE.BBOX_REG_WEIGHTS)),
             mask=MaskParams(head_dim=cfg.MRCNN.HEAD_DIM),
-            test=TestParams(
+            test=DetectionParams(
                 result_score_thresh=cfg.TEST.RESULT_SCORE_THRESH, frcnn_nms_thresh=cfg.TEST.FRCNN_NMS_THRESH,
                 results_per_im=cfg.TEST.RESULTS_PER_IM),
             train=TrainParams(

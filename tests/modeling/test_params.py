@@ -40,7 +40,7 @@ def test_sampling_test_and_head_fields():
     params = model_params.ModelParams.from_config(config)
     assert params.frcnn == model_params.FastRCNNParams(batch_per_im=24, fg_ratio=0.3, fg_thresh=0.55,
                                                        bbox_reg_weights=(10., 10., 5., 5.))
-    assert params.test == model_params.TestParams(result_score_thresh=0.2, frcnn_nms_thresh=0.4, results_per_im=7)
+    assert params.test == model_params.DetectionParams(result_score_thresh=0.2, frcnn_nms_thresh=0.4, results_per_im=7)
     assert params.fpn.box_head == 'fastrcnn_4conv1fc_head' and params.mask.head_dim == 16
     assert params.rpn.num_anchors_fpn == 1 and params.rpn.num_anchors_c4 == 5   # 5 sizes x 1 ratio
     assert params.num_category == 3 and params.meta_architecture == 'ResNetFPN'
