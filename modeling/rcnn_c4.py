@@ -38,8 +38,7 @@ class ResNetC4Model(GeneralizedRCNN):
     def rpn(self, features, valid_hw, inputs):
         featuremap = features[0]
         rpn = self.params.rpn
-        label_logits, box_logits = rpn_head('rpn', featuremap, rpn.head_dim, rpn.num_anchors_c4, self.data_format,
-                                            keep_batch=True)
+        label_logits, box_logits = rpn_head('rpn', featuremap, rpn.head_dim, rpn.num_anchors_c4, self.data_format)
         map_hw = tf.shape(label_logits)[1:3]
         grid = get_all_anchors(rpn.anchor_stride, rpn.anchor_sizes, rpn.anchor_ratios, self.params.max_size)
         if inputs is None:

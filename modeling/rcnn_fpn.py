@@ -52,7 +52,7 @@ class ResNetFPNModel(GeneralizedRCNN):
         for level, grid, featuremap in zip(self._levels(), grids, features):
             # One rpn head, its variables shared by all levels.
             level_labels, level_boxes = rpn_head('rpn', featuremap, fpn.num_channel, rpn.num_anchors_fpn,
-                                                 self.data_format, keep_batch=True)
+                                                 self.data_format)
             map_hw = tf.shape(level_labels)[1:3]
             with tf.name_scope('FPN_slice_lvl{}'.format(level)):
                 if inputs is None:

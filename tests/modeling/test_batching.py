@@ -67,3 +67,21 @@ def test_a_lone_image_has_no_feature_cell_beyond_its_own(overrides):
                for stride in strides]
         for map_hw, own_hw in zip(map_sizes, own):
             assert np.all(map_hw <= own_hw), ((height, width), map_hw, own_hw)
+
+
+def test_batched_anchors_cut_the_grid_and_fit_the_targets_to_the_map():
+    """A 2 x 3 map: the 4 x 4 grid is cut to it; labels of 1 x 4 cells are cut to 3 columns and
+    padded with -1 (ignored) on the missing row, their boxes with 0."""
+    grid = np.arange(4 * 4 * 2 * 4, dtype=np.float32).reshape(4, 4, 2, 4)
+    labels = np.arange(1 * 4 * 2, dtype=np.int32).reshape(1, 1, 4, 2)
+    boxes = np.ones((1, 1, 4, 2, 4), np.float32)
+
+    def fn(labels, boxes):
+        anchors = batching.batched_anchors(grid, labels, boxes, tf.constant([2, 3]))
+        return anchors.boxes, anchors.gt_labels, anchors.gt_boxes
+    cut_grid, fitted_labels, fitted_boxes = run_graph(fn, labels, boxes)
+    np.testing.assert_array_equal(cut_grid, grid[:2, :3])
+    np.testing.assert_array_equal(fitted_labels[0, 0], labels[0, 0, :3])
+    np.testing.assert_array_equal(fitted_labels[0, 1], -np.ones((3, 2)))
+    assert fitted_boxes.shape == (1, 2, 3, 2, 4)
+    assert np.all(fitted_boxes[0, 0] == 1) and np.all(fitted_boxes[0, 1] == 0)
