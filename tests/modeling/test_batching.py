@@ -1,5 +1,6 @@
 """Tests of modeling/batching.py: the batch of one that the one-image training inputs become, the
-gt of a batch, and that a lone image's proposals come from every cell of its feature maps."""
+gt of a batch, that a lone image's proposals come from every cell of its feature maps, and the
+guard that keeps conv heads off empty batches."""
 import numpy as np
 import pytest
 
@@ -85,3 +86,40 @@ def test_batched_anchors_cut_the_grid_and_fit_the_targets_to_the_map():
     np.testing.assert_array_equal(fitted_labels[0, 1], -np.ones((3, 2)))
     assert fitted_boxes.shape == (1, 2, 3, 2, 4)
     assert np.all(fitted_boxes[0, 0] == 1) and np.all(fitted_boxes[0, 1] == 0)
+
+
+class TestRunOnNonemptyBatch:
+    """The guard that keeps conv heads off empty batches (oneDNN's convs get them wrong)."""
+
+    @staticmethod
+    def _conv_head_outputs(num_rows):
+        rng = np.random.RandomState(0)
+        with tf.Graph().as_default():
+            rois = tf.placeholder(tf.float32, [None, 6, 6, 4])
+            kernel = tf.constant(rng.randn(2, 2, 4, 3).astype(np.float32))
+            weights = tf.Variable(rng.randn(3, 3, 4, 4).astype(np.float32))
+
+            def head(x):
+                hidden = tf.nn.relu(tf.nn.conv2d(x, weights, 1, 'SAME'))
+                # a stride-2 conv changes the spatial size: the shape oneDNN got wrong on empty batches
+                return tf.nn.conv2d(hidden, kernel, 2, 'VALID')
+            out = batching.run_on_nonempty_batch(head, rois)
+            grad = tf.gradients(tf.reduce_sum(out ** 2), weights)[0]
+            direct = head(rois)
+            with tf.Session() as sess:
+                sess.run(tf.global_variables_initializer())
+                feed = {rois: rng.rand(num_rows, 6, 6, 4).astype(np.float32)}
+                if num_rows == 0:
+                    return sess.run([out, grad], feed) + [None]
+                return sess.run([out, grad, direct], feed)
+
+    def test_empty_batch_has_the_right_shape_and_zero_gradient(self):
+        out, grad, _ = self._conv_head_outputs(0)
+        assert out.shape == (0, 3, 3, 3)
+        assert np.all(grad == 0)
+
+    def test_nonempty_batch_is_computed_as_without_it(self):
+        out, grad, direct = self._conv_head_outputs(2)
+        assert out.shape == (2, 3, 3, 3)
+        np.testing.assert_array_equal(out, direct)
+        assert np.any(grad != 0)

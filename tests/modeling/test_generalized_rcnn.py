@@ -269,44 +269,6 @@ def test_no_surviving_proposals():
     assert _check_outputs(outputs, tensors, (128, 160), 28) == 0
 
 
-class TestRunOnNonemptyBatch:
-    """The guard that keeps conv heads off empty batches (oneDNN's convs get them wrong)."""
-
-    @staticmethod
-    def _conv_head_outputs(num_rows):
-        from modeling.generalized_rcnn import run_on_nonempty_batch
-        rng = np.random.RandomState(0)
-        with tf.Graph().as_default():
-            rois = tf.placeholder(tf.float32, [None, 6, 6, 4])
-            kernel = tf.constant(rng.randn(2, 2, 4, 3).astype(np.float32))
-            weights = tf.Variable(rng.randn(3, 3, 4, 4).astype(np.float32))
-
-            def head(x):
-                hidden = tf.nn.relu(tf.nn.conv2d(x, weights, 1, 'SAME'))
-                # a stride-2 conv changes the spatial size: the shape oneDNN got wrong on empty batches
-                return tf.nn.conv2d(hidden, kernel, 2, 'VALID')
-            out = run_on_nonempty_batch(head, rois)
-            grad = tf.gradients(tf.reduce_sum(out ** 2), weights)[0]
-            direct = head(rois)
-            with tf.Session() as sess:
-                sess.run(tf.global_variables_initializer())
-                feed = {rois: rng.rand(num_rows, 6, 6, 4).astype(np.float32)}
-                if num_rows == 0:
-                    return sess.run([out, grad], feed) + [None]
-                return sess.run([out, grad, direct], feed)
-
-    def test_empty_batch_has_the_right_shape_and_zero_gradient(self):
-        out, grad, _ = self._conv_head_outputs(0)
-        assert out.shape == (0, 3, 3, 3)
-        assert np.all(grad == 0)
-
-    def test_nonempty_batch_is_computed_as_without_it(self):
-        out, grad, direct = self._conv_head_outputs(2)
-        assert out.shape == (2, 3, 3, 3)
-        np.testing.assert_array_equal(out, direct)
-        assert np.any(grad != 0)
-
-
 @pytest.mark.parametrize('variant', ['c4_mask', 'fpn_gn_4conv', 'fpn_cascade_mask'])
 def test_conv_heads_train_and_infer_without_rois(variant):
     """No gt and no surviving proposal: every roi head (conv5, conv box heads, cascade stages,

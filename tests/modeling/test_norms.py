@@ -83,7 +83,7 @@ def test_group_norm_matches_tensorpack_formula_and_its_gradients(data_format, in
 
 
 def test_group_norm_of_an_empty_batch_is_empty_with_zero_parameter_gradients():
-    """A roi head may get no rows (modeling/generalized_rcnn.run_on_nonempty_batch pads the convs'
+    """A roi head may get no rows (modeling/batching.run_on_nonempty_batch pads the convs'
     input, but the layer itself must not fail on N = 0 either)."""
     rng = np.random.RandomState(3)
     gamma, beta = rng.randn(8).astype(np.float32), rng.randn(8).astype(np.float32)
