@@ -23,7 +23,8 @@ import pprint
 from collections import namedtuple
 
 from modeling import params as model_params
-from modeling.params import REFERENCE_TOTAL_BATCH   # the schedule keys count steps of this many images
+from utils.lr_schedule import REFERENCE_TOTAL_BATCH   # the schedule keys count steps of this many images
+from utils.devices import Devices
 
 __all__ = ['config', 'finalize_configs', 'validate_config', 'derive_config', 'Derived', 'Devices',
            'new_config', 'reset_config', 'describe_config']
@@ -471,15 +472,6 @@ def _short_edge_range(value):
     return tuple(scales)
 
 
-class Devices(namedtuple('Devices', ['tower_devices', 'horovod_size', 'default_data_format'])):
-    """What the process can run towers on; made by `utils.tf_compat.detect_devices`.
-
-    tower_devices: visible GPUs, or CPU stand-ins for them (tests); 0 on a CPU-only machine.
-    horovod_size: the number of Horovod ranks when Horovod is initialized, else None.
-    default_data_format: the layout for BACKBONE.DATA_FORMAT=None ('NCHW' with GPUs, else 'NHWC').
-    """
-
-
 class Derived(namedtuple('Derived', [
         'train_splits', 'val_splits', 'basedir', 'num_gpus', 'num_towers', 'images_per_step', 'accumulate_steps',
         'data_format', 'max_size', 'lr_schedule', 'train_short_edge_size'])):
@@ -498,10 +490,6 @@ class Derived(namedtuple('Derived', [
     """
 
 
-# Whether the dataflow and the graph can train several images per tower (TRAIN.BATCH_SIZE_PER_GPU > 1).
-BATCHED_TRAINING_BUILT = True
-
-
 def validate_config(cfg=None):
     """Raise ValueError for a value or combination of values that can't work. Changes nothing."""
     cfg = _C if cfg is None else cfg
@@ -513,9 +501,6 @@ def validate_config(cfg=None):
     for key in _BOUNDS:
         node, leaf = _resolve_parent(cfg, key)
         _check_bound(key, getattr(node, leaf))
-    if cfg.TRAIN.BATCH_SIZE_PER_GPU > 1 and not BATCHED_TRAINING_BUILT:
-        raise ValueError('TRAIN.BATCH_SIZE_PER_GPU={}: only 1 image per tower is built so far.'
-                         .format(cfg.TRAIN.BATCH_SIZE_PER_GPU))
     if cfg.TRAIN.ACCUMULATE_STEPS is not None and cfg.TRAIN.ACCUMULATE_STEPS < 1:
         raise ValueError('TRAIN.ACCUMULATE_STEPS={} must be at least 1.'.format(cfg.TRAIN.ACCUMULATE_STEPS))
     if cfg.BACKBONE.NORM != 'FreezeBN' and cfg.BACKBONE.FREEZE_AFFINE:

@@ -26,8 +26,8 @@ from tensorpack.utils import logger
 from config import config as cfg, finalize_configs, num_towers, validate_config
 from dataflow.batching import AspectRatioGroupedBatches
 from dataset import register_balloon, register_coco, register_shapes
-from modeling.params import REFERENCE_TOTAL_BATCH
-from utils import checkpoints, failures, fingerprints, horovod_trainer, loss_watchdog, lr_schedule
+from utils.lr_schedule import REFERENCE_TOTAL_BATCH
+from utils import checkpoints, failures, fingerprints, horovod_trainer, loss_watchdog, lr_callbacks, lr_schedule
 from utils.checkpoint_saver import CheckpointSaver, remove_temporary_files
 from utils.logdir_lock import LOCK_NAME, LogdirLock
 
@@ -106,7 +106,7 @@ def make_callbacks(model, schedule, towers, on_gpu, logdir, rank=None, guard=Non
     saver = CheckpointSaver(max_to_keep=10, keep_checkpoint_every_n_hours=1)   # a failed save stops training
     callbacks = [
         PeriodicCallback(saver, every_k_epochs=cfg.TRAIN.CHECKPOINT_PERIOD),
-        *lr_schedule.learning_rate_setters(schedule),
+        *lr_callbacks.learning_rate_setters(schedule),
         HostMemoryTracker(),
         ThroughputTracker(samples_per_step=cfg.derived.images_per_step),   # towers x TRAIN.BATCH_SIZE_PER_GPU
         EstimatedTimeLeft(median=True),

@@ -1,5 +1,5 @@
 """GroupNorm's forward + backward time, the layer (modeling/norms.py) beside tensorpack's formula
-that it replaced (tests/modeling/test_norms.tensorpack_formula), per feature-map shape, in one run.
+that it replaced (utils/group_norm_reference.tensorpack_formula), per feature-map shape, in one run.
 
     .venv/bin/python bench/bench_norms.py [--repeats 7] [--steps 10]
 
@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 from utils.tf_compat import onednn_status, tf  # noqa: E402
 
 from modeling.norms import GroupNorm  # noqa: E402
-from tests.modeling.test_norms import tensorpack_formula  # noqa: E402
+from utils.group_norm_reference import tensorpack_formula  # noqa: E402
 
 SHAPES = [(1, 128, 128, 64), (1, 64, 64, 256), (1, 32, 32, 512), (1, 8, 8, 2048), (1, 64, 64, 64),
           (128, 7, 7, 64), (32, 14, 14, 64),

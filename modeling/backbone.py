@@ -23,12 +23,12 @@ import numpy as np
 from utils.tf_compat import tf
 
 from tensorpack.models import BatchNorm
-from tensorpack.tfutils.scope_utils import auto_reuse_variable_scope
 from tensorpack.tfutils.varreplace import custom_getter_scope, freeze_variables
 
 from .model_box import check_data_format
 from .norms import GroupNorm
 from .params import FREEZE_AT_VALUES, SYNC_STATISTICS_BY_TRAINER
+from .variable_reuse import reuse_variables_when_called_again
 
 SYNC_STATISTICS = tuple(SYNC_STATISTICS_BY_TRAINER.values())
 
@@ -269,7 +269,7 @@ def resnet_c4_backbone(image, num_blocks, *, norm, freeze_at, freeze_affine, tf_
         return _resnet_group('group2', x, 256, num_blocks[2], 2, stage)
 
 
-@auto_reuse_variable_scope
+@reuse_variables_when_called_again
 def resnet_conv5(features, num_block, *, norm, freeze_affine, tf_pad_mode, stride_1x1, data_format,
                  sync_statistics=None):
     """group3 (stride 2, 2048 channels) of the C4 models, applied to pooled ROI features.

@@ -225,28 +225,15 @@ class RPNAnchors(namedtuple('_RPNAnchors', ['boxes', 'gt_labels', 'gt_boxes'])):
     """The anchors of one feature level with their training targets.
 
     boxes: float32 [fH, fW, A, 4], x1y1x2y2 image pixels (numpy or tensor).
-    gt_labels: int32 [fH, fW, A], 1 fg, 0 bg, -1 ignore.
-    gt_boxes: float32 [fH, fW, A, 4], x1y1x2y2, the gt box matched to each anchor.
+    gt_labels: int32 [B, fH, fW, A], 1 fg, 0 bg, -1 ignore (B images; also without B).
+    gt_boxes: float32 [B, fH, fW, A, 4], x1y1x2y2, the gt box matched to each anchor.
+    modeling/batching.batched_anchors makes them for a batch's feature map.
     """
 
     def encoded_gt_boxes(self):
-        """float32 [fH, fW, A, 4] regression targets (unweighted)."""
+        """float32 [B, fH, fW, A, 4] regression targets (unweighted)."""
         return encode_bbox_target(self.gt_boxes, self.boxes)
 
     def decode_logits(self, logits, *, clip):
-        """logits: float32 [fH, fW, A, 4] deltas -> float32 [fH, fW, A, 4] boxes, x1y1x2y2."""
+        """logits: float32 [B, fH, fW, A, 4] deltas -> float32 [B, fH, fW, A, 4] boxes, x1y1x2y2."""
         return decode_bbox_target(logits, self.boxes, clip=clip)
-
-    @under_name_scope()
-    def narrow_to(self, featuremap, data_format):
-        """Keep the anchors of the top-left fH x fW cells, fH x fW being the spatial
-        size of `featuremap` ([1, fH, fW, C] NHWC or [1, C, fH, fW] NCHW)."""
-        check_data_format(data_format)
-        shape = tf.shape(featuremap)
-        height_width = shape[1:3] if data_format == 'NHWC' else shape[2:4]
-        size3d = tf.concat([height_width, [-1]], axis=0)
-        size4d = tf.concat([height_width, [-1, -1]], axis=0)
-        return RPNAnchors(
-            tf.slice(self.boxes, [0, 0, 0, 0], size4d),
-            tf.slice(self.gt_labels, [0, 0, 0], size3d) if self.gt_labels is not None else None,
-            tf.slice(self.gt_boxes, [0, 0, 0, 0], size4d) if self.gt_boxes is not None else None)

@@ -143,10 +143,10 @@ def multilevel_rpn_losses(multilevel_anchors, multilevel_label_logits, multileve
                           batch_per_im):
     """Sum over levels of `rpn_losses`.
 
-    multilevel_anchors: per level an RPNAnchors (gt_labels [hL, wL, A], gt_boxes [hL, wL, A, 4]).
-    multilevel_label_logits: per level float32 [hL, wL, A].
-    multilevel_box_logits: per level float32 [hL, wL, A, 4].
-    batch_per_im: int, anchors sampled per image (over all levels).
+    multilevel_anchors: per level an RPNAnchors (gt_labels [B, hL, wL, A], gt_boxes [B, hL, wL, A, 4]).
+    multilevel_label_logits: per level float32 [B, hL, wL, A].
+    multilevel_box_logits: per level float32 [B, hL, wL, A, 4].
+    batch_per_im: int, anchors sampled in all B images (over all levels).
     Returns [label_loss, box_loss], float32 scalars.
     """
     num_levels = len(multilevel_anchors)

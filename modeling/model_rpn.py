@@ -7,30 +7,29 @@ resized input image (see model_box for the box model).
 from utils.tf_compat import tf
 from tensorpack.models import Conv2D, layer_register
 from tensorpack.tfutils.argscope import argscope
-from tensorpack.tfutils.scope_utils import auto_reuse_variable_scope, under_name_scope
+from tensorpack.tfutils.scope_utils import under_name_scope
 from tensorpack.tfutils.summary import add_moving_summary
 
 from utils.tensor_names import RPN_PROPOSALS_SCOPE
 
 from .model_box import check_data_format, clip_boxes
+from .variable_reuse import reuse_variables_when_called_again
 
 # Recall/precision of the fg/bg classifier are summarized at these probabilities.
 _METRIC_THRESHOLDS = (0.5, 0.2, 0.1)
 
 
 @layer_register(log_shape=True)
-@auto_reuse_variable_scope
-def rpn_head(featuremap, channel, num_anchors, data_format, keep_batch=False):
+@reuse_variables_when_called_again
+def rpn_head(featuremap, channel, num_anchors, data_format):
     """The RPN conv head; calling it again under the same name reuses its variables,
     so one head serves every FPN level.
 
-    featuremap: float32 [1, fH, fW, C] (NHWC) or [1, C, fH, fW] (NCHW).
+    featuremap: float32 [B, fH, fW, C] (NHWC) or [B, C, fH, fW] (NCHW), B images.
     channel: int, width of the shared 3x3 conv. num_anchors: int A.
-    Returns label_logits float32 [fH, fW, A] and box_logits float32 [fH, fW, A, 4]
+    Returns label_logits float32 [B, fH, fW, A] and box_logits float32 [B, fH, fW, A, 4]
     (deltas dx, dy, dw, dh), in that layout whatever the data_format.
     Variables: conv0/{W,b} (3x3), class/{W,b} (1x1, A), box/{W,b} (1x1, 4A).
-    keep_batch: featuremap holds B images; the outputs keep that axis first,
-    [B, fH, fW, A] and [B, fH, fW, A, 4].
     """
     check_data_format(data_format)
     with argscope(Conv2D, data_format=data_format,
@@ -43,11 +42,7 @@ def rpn_head(featuremap, channel, num_anchors, data_format, keep_batch=False):
         box_logits = tf.transpose(box_logits, [0, 2, 3, 1])
     shape = tf.shape(box_logits)
     # The 4A output channels are anchor-major: channel 4a + k is coordinate k of anchor a.
-    if keep_batch:
-        return label_logits, tf.reshape(box_logits, tf.stack([shape[0], shape[1], shape[2], num_anchors, 4]))
-    label_logits = tf.squeeze(label_logits, 0)   # fH, fW, A
-    box_logits = tf.reshape(box_logits, tf.stack([shape[1], shape[2], num_anchors, 4]))
-    return label_logits, box_logits
+    return label_logits, tf.reshape(box_logits, tf.stack([shape[0], shape[1], shape[2], num_anchors, 4]))
 
 
 def _label_metrics(valid_labels, valid_logits, num_pos):
@@ -84,10 +79,10 @@ def smooth_l1_sum(targets, predictions, beta):
 def rpn_losses(anchor_labels, anchor_boxes_encoded, label_logits, box_logits, batch_per_im):
     """Classification and box losses of one level's anchors.
 
-    anchor_labels: int32 [fH, fW, A], 1 fg, 0 bg, -1 ignore (not sampled).
-    anchor_boxes_encoded: float32 [fH, fW, A, 4], regression targets (may be -inf where not fg).
-    label_logits: float32 [fH, fW, A]. box_logits: float32 [fH, fW, A, 4].
-    batch_per_im: int, anchors sampled per image; both losses are sums divided by it.
+    anchor_labels: int32 [B, fH, fW, A], 1 fg, 0 bg, -1 ignore (not sampled); B images, or none.
+    anchor_boxes_encoded: float32 [B, fH, fW, A, 4], regression targets (may be -inf where not fg).
+    label_logits: float32 [B, fH, fW, A]. box_logits: float32 [B, fH, fW, A, 4].
+    batch_per_im: int, anchors sampled in all B images; both losses are sums divided by it.
     Returns [label_loss, box_loss], float32 scalars; 0 when there is nothing to learn from
     (no sampled anchors / no fg anchors), which happens on FPN levels.
     """

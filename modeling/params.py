@@ -1,6 +1,6 @@
 """Frozen parameter records of the model, and the one step that makes them from a config.
 
-The model classes of generalized_rcnn.py take a `ModelParams` in their constructor and read
+The model classes (rcnn_c4.py, rcnn_fpn.py) take a `ModelParams` in their constructor and read
 nothing else; `ModelParams.from_config(cfg)` is the only code under modeling/ that reads a
 config, and it gets the config as an argument (no module here imports config.py). Tests build
 the records directly, or from a copy of a finalized config, so two differently configured
@@ -13,12 +13,6 @@ Shape shorthand: K categories (foreground classes); A anchors per cell; S an ROI
 import dataclasses
 import math
 from typing import Optional, Tuple
-
-# The learning rates and schedules in the config are written for a total batch of this many
-# images per step (tensorpack: 8 GPUs x 1 image). Gradients are summed over towers and
-# accumulation steps, so the optimizer divides the learning rate by it, and a run with fewer
-# towers accumulates REFERENCE_TOTAL_BATCH // towers steps.
-REFERENCE_TOTAL_BATCH = 8
 
 DATA_FORMATS = ('NHWC', 'NCHW')
 
@@ -156,13 +150,11 @@ class MaskParams:
 
 
 @dataclasses.dataclass(frozen=True)
-class TestParams:
+class DetectionParams:
     """The final detections (TEST.*)."""
     result_score_thresh: float
     frcnn_nms_thresh: float
     results_per_im: int
-
-    __test__ = False    # not a pytest test class, despite its name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,7 +172,7 @@ META_ARCHITECTURE_BY_MODE_FPN = {False: 'ResNetC4', True: 'ResNetFPN'}
 
 @dataclasses.dataclass(frozen=True)
 class ModelParams:
-    """Everything a model of generalized_rcnn.py reads while building its graph."""
+    """Everything a model (rcnn_c4.py, rcnn_fpn.py) reads while building its graph."""
     meta_architecture: str              # 'ResNetC4' or 'ResNetFPN'
     mode_mask: bool
     num_category: int                   # K
@@ -193,7 +185,7 @@ class ModelParams:
     frcnn: FastRCNNParams
     cascade: CascadeParams
     mask: MaskParams
-    test: TestParams
+    test: DetectionParams
     train: TrainParams
 
     @property
@@ -259,7 +251,7 @@ class ModelParams:
                 ious=tuple(cfg.CASCADE.IOUS),
                 bbox_reg_weights=tuple(tuple(w) for w in cfg.CASCADE.BBOX_REG_WEIGHTS)),
             mask=MaskParams(head_dim=cfg.MRCNN.HEAD_DIM),
-            test=TestParams(
+            test=DetectionParams(
                 result_score_thresh=cfg.TEST.RESULT_SCORE_THRESH, frcnn_nms_thresh=cfg.TEST.FRCNN_NMS_THRESH,
                 results_per_im=cfg.TEST.RESULTS_PER_IM),
             train=TrainParams(

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from tests.tf_helpers import train_tiny_model
-from utils import lr_schedule
+from utils import lr_callbacks, lr_schedule
 from utils.tf_compat import tf
 
 
@@ -108,7 +108,7 @@ def test_epoch_aligned_schedules_keep_the_rates_of_the_example():
                                          step_based=True),
                ScheduledHyperParamSetter('learning_rate', [(2, base_lr), (3, base_lr * 0.1), (4, base_lr * 0.01)])]
     expected, _ = train_and_record(example, steps_per_epoch, max_epoch=5)
-    values, _ = train_and_record(lr_schedule.learning_rate_setters(schedule), steps_per_epoch, schedule.max_epoch)
+    values, _ = train_and_record(lr_callbacks.learning_rate_setters(schedule), steps_per_epoch, schedule.max_epoch)
     assert [step for step, _ in values] == list(range(1, 26))
     np.testing.assert_allclose([v for _, v in values], [v for _, v in expected], rtol=1e-6)
 
@@ -127,7 +127,7 @@ def test_a_resumed_run_has_the_learning_rate_of_every_step_of_an_uninterrupted_o
     assert (schedule.decay_steps, schedule.last_step, schedule.max_epoch) == ((16, 24), 32, 6)
 
     def run(logdir, **kwargs):
-        return train_and_record(lr_schedule.learning_rate_setters(schedule), 6, schedule.max_epoch, **kwargs)
+        return train_and_record(lr_callbacks.learning_rate_setters(schedule), 6, schedule.max_epoch, **kwargs)
 
     uninterrupted, uninterrupted_epochs = run(str(tmp_path / 'whole'))
 

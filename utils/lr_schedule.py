@@ -1,5 +1,5 @@
-"""The learning-rate plan of a run: the config's "total batch of 8" schedule in this run's steps,
-and the tensorpack callbacks that apply it step by step and line epochs up with it.
+"""The learning-rate plan of a run: the config's "total batch of 8" schedule in this run's steps
+(`utils.lr_callbacks` applies it step by step and lines the epochs up with it).
 
 Everything counts global steps, so a run resumed from a checkpoint at any step changes the
 learning rate at the same steps and ends at the same step as an uninterrupted run.
@@ -7,12 +7,13 @@ learning rate at the same steps and ends at the same step as an uninterrupted ru
 import math
 from collections import namedtuple
 
-from utils.tf_compat import tf  # noqa: F401 - before tensorpack, which imports TensorFlow
-from tensorpack.callbacks import Callback, HyperParamSetter
+__all__ = ['REFERENCE_TOTAL_BATCH', 'Schedule', 'compute_schedule']
 
-from modeling.params import REFERENCE_TOTAL_BATCH
-
-__all__ = ['Schedule', 'compute_schedule', 'StepLearningRate', 'EpochsAlignedToSteps', 'learning_rate_setters']
+# The learning rates and schedules in the config are written for a total batch of this many
+# images per step (tensorpack: 8 GPUs x 1 image). Gradients are summed over towers and
+# accumulation steps, so the model's optimizer divides the learning rate by it, and a run with
+# fewer towers accumulates REFERENCE_TOTAL_BATCH // towers steps.
+REFERENCE_TOTAL_BATCH = 8
 
 
 class Schedule(namedtuple('Schedule', ['base_lr', 'init_lr', 'warmup_steps', 'decay_steps', 'last_step',
@@ -104,46 +105,3 @@ def compute_schedule(*, base_lr, warmup_steps, warmup_init_lr, lr_schedule, step
                     list(lr_schedule), a, b, step_a, images_per_step, images_per_step / float(REFERENCE_TOTAL_BATCH)))
     return Schedule(base_lr=base_lr, init_lr=init_lr, warmup_steps=warmup_steps, decay_steps=decay_steps,
                     last_step=last_step, steps_per_epoch=steps_per_epoch)
-
-
-class StepLearningRate(HyperParamSetter):
-    """Sets `learning_rate` to schedule.lr_after(global_step) before training and after every step
-    (only when it changes): the same rate at each step whatever step the run started from."""
-
-    def __init__(self, schedule):
-        super().__init__('learning_rate')
-        self._schedule = schedule
-
-    def _get_value_to_set(self):
-        value = self._schedule.lr_after(self.global_step)
-        return None if value == self._last_value else value
-
-    def _trigger_step(self):
-        self.trigger()
-
-    def _trigger_epoch(self):
-        pass
-
-
-class EpochsAlignedToSteps(Callback):
-    """Makes epoch k end at global step k * STEPS_PER_EPOCH, and the last one at the schedule's last
-    step: a run resumed from a step inside an epoch finishes that epoch first, so checkpoints,
-    evaluations and the end fall on the same steps as in an uninterrupted run.
-
-    tensorpack runs `trainer.loop.steps_per_epoch` steps per epoch, reading it after the callbacks'
-    before_epoch; this sets it there for the epoch about to run.
-    """
-
-    _chief_only = False
-
-    def __init__(self, schedule):
-        self._schedule = schedule
-
-    def _before_epoch(self):
-        self.trainer.loop.steps_per_epoch = self._schedule.steps_in_epoch(self.epoch_num, self.global_step)
-
-
-def learning_rate_setters(schedule):
-    """The tensorpack callbacks that apply `schedule`: the rate of every step, and epochs that
-    follow the global step."""
-    return [StepLearningRate(schedule), EpochsAlignedToSteps(schedule)]

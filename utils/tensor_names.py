@@ -46,7 +46,7 @@ def proposal_tensor_names(fpn):
     return scope + '/boxes', scope + '/probs'
 
 
-# Model-side names (issue 9) ---------------------------------------------------------------
+# Model-side names --------------------------------------------------------------------------------
 # Name scopes of the RPN proposals: C4 (and each FPN level inside the FPN scope) and FPN.
 RPN_PROPOSALS_SCOPE = 'generate_rpn_proposals'
 FPN_PROPOSALS_SCOPE = 'generate_fpn_proposals'
@@ -57,7 +57,7 @@ PROPOSAL_BOXES_SUFFIX = 'proposals/boxes'                        # generate_{rpn
 PROPOSAL_SCORES_SUFFIXES = ('proposals/probs', 'proposals/scores')
 
 
-# Several images per tower (issue 11: TRAIN.BATCH_SIZE_PER_GPU = N > 1) ----------------------------
+# Several images per tower (TRAIN.BATCH_SIZE_PER_GPU = N > 1) ----------------------------------------
 # A batched training datapoint has the inputs above with a leading axis of N, padded to the batch:
 # image [N, Hp, Wp, 3] (0 outside each image), anchor labels [N, fH, fW, A] (padded -1),
 # anchor boxes [N, fH, fW, A, 4] (padded 0), gt_boxes [N, Mmax, 4], gt_labels [N, Mmax] (padded 0),

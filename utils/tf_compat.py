@@ -10,6 +10,8 @@ and NOTES.md keeps the table of what each gate is for.
 import importlib.metadata
 import os
 
+from utils.devices import Devices
+
 _TF_DISTRIBUTIONS = ('tensorflow-cpu', 'tensorflow', 'tensorflow-gpu', 'tensorflow-intel',
                      'tensorflow-macos', 'tf-nightly', 'tf-nightly-cpu')
 
@@ -144,12 +146,11 @@ def init_horovod():
 
 
 def detect_devices(trainer, setup_horovod=True):
-    """config.Devices of this process: tower devices, Horovod's size, the default data format.
+    """utils.devices.Devices of this process: tower devices, Horovod's size, the default data format.
 
     Process set-up: with trainer='horovod' and setup_horovod, Horovod is initialized here. With
     setup_horovod=False nothing is set up, and Horovod's size is known only if it already was.
     """
-    from config import Devices
     horovod_size = None
     if trainer == 'horovod':
         horovod_size = init_horovod().size() if setup_horovod else _initialized_horovod_size()

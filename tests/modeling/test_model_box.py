@@ -163,21 +163,6 @@ def test_area_and_pairwise_iou_match_numpy():
     assert ious[2, 1] == 0    # two zero-area boxes: 0, not NaN
 
 
-@pytest.mark.parametrize('data_format', ['NHWC', 'NCHW'])
-def test_rpn_anchors_narrow_to(data_format):
-    anchors = np.arange(4 * 4 * 2 * 4, dtype=np.float32).reshape(4, 4, 2, 4)
-    labels = np.arange(4 * 4 * 2, dtype=np.int32).reshape(4, 4, 2)
-    featuremap = np.zeros((1, 2, 3, 5) if data_format == 'NHWC' else (1, 5, 2, 3), np.float32)
-
-    def fn(f, lab, gt):
-        narrowed = model_box.RPNAnchors(anchors, lab, gt).narrow_to(f, data_format)
-        return narrowed.boxes, narrowed.gt_labels, narrowed.gt_boxes
-    boxes, gt_labels, gt_boxes = run_graph(fn, featuremap, labels, anchors + 1)
-    np.testing.assert_array_equal(boxes, anchors[:2, :3])
-    np.testing.assert_array_equal(gt_labels, labels[:2, :3])
-    np.testing.assert_array_equal(gt_boxes, anchors[:2, :3] + 1)
-
-
 def test_bad_data_format_raises():
     with tf.Graph().as_default():
         with pytest.raises(ValueError, match='NHWC'):

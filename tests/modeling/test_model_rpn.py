@@ -34,8 +34,8 @@ def test_rpn_head_variables_shared_across_levels_and_output_shapes():
     label_a, box_a, label_b, box_b = run_graph(
         fn, np.ones((1, 5, 4, CHANNEL), np.float32), np.ones((1, 3, 2, CHANNEL), np.float32))
     assert found == EXPECTED_HEAD_VARIABLES
-    assert label_a.shape == (5, 4, NUM_ANCHORS) and box_a.shape == (5, 4, NUM_ANCHORS, 4)
-    assert label_b.shape == (3, 2, NUM_ANCHORS) and box_b.shape == (3, 2, NUM_ANCHORS, 4)
+    assert label_a.shape == (1, 5, 4, NUM_ANCHORS) and box_a.shape == (1, 5, 4, NUM_ANCHORS, 4)
+    assert label_b.shape == (1, 3, 2, NUM_ANCHORS) and box_b.shape == (1, 3, 2, NUM_ANCHORS, 4)
 
 
 def test_rpn_head_nchw_builds_same_variables():
@@ -44,12 +44,12 @@ def test_rpn_head_nchw_builds_same_variables():
         f = tf.placeholder(tf.float32, [1, CHANNEL, None, None])
         label_logits, box_logits = model_rpn.rpn_head('rpn', f, CHANNEL, NUM_ANCHORS, 'NCHW')
         assert _variable_shapes() == EXPECTED_HEAD_VARIABLES
-        assert label_logits.shape.ndims == 3 and box_logits.shape.ndims == 4
+        assert label_logits.shape.ndims == 4 and box_logits.shape.ndims == 5
 
 
 def test_rpn_head_box_channels_are_anchor_major():
     # With a zero input the outputs equal the biases; box bias 0..4A-1 must come out as
-    # box_logits[y, x, a, k] == 4a + k.
+    # box_logits[image, y, x, a, k] == 4a + k.
     with tf.Graph().as_default(), TowerContext('', is_training=False):
         f = tf.zeros([1, 2, 2, CHANNEL])
         _, box_logits = model_rpn.rpn_head('rpn', f, CHANNEL, NUM_ANCHORS, 'NHWC')
@@ -58,7 +58,7 @@ def test_rpn_head_box_channels_are_anchor_major():
             sess.run(tf.global_variables_initializer())
             sess.run(box_bias.assign(np.arange(4 * NUM_ANCHORS, dtype=np.float32)))
             out = sess.run(box_logits)
-    np.testing.assert_array_equal(out[1, 0], np.arange(4 * NUM_ANCHORS).reshape(NUM_ANCHORS, 4))
+    np.testing.assert_array_equal(out[0, 1, 0], np.arange(4 * NUM_ANCHORS).reshape(NUM_ANCHORS, 4))
 
 
 def _sigmoid_ce(label, logit):

@@ -6,6 +6,7 @@ import pytest
 from utils.tf_compat import tf
 
 from modeling import norms
+from utils.group_norm_reference import tensorpack_formula
 from tests.tf_helpers import run_graph
 
 
@@ -16,25 +17,6 @@ def group_norm_oracle(x_nhwc, gamma, beta, group, epsilon=1e-5):
     var = grouped.var(axis=(1, 2, 4), keepdims=True)
     normalized = ((grouped - mean) / np.sqrt(var + epsilon)).reshape(n, h, w, c)
     return normalized * gamma + beta
-
-
-def tensorpack_formula(x, gamma, beta, group, data_format, epsilon=1e-5):
-    """GroupNorm as tensorpack's example (and this project until it was sped up) computed it: one
-    tf.nn.moments over the axes h, w, C/G of a [N, h, w, G, C/G] view (NHWC) or [N, G, C/G, h, w]
-    (NCHW), then tf.nn.batch_normalization. The reference the faster layer must match."""
-    channels = gamma.shape.as_list()[0]
-    shape = tf.shape(x)
-    if data_format == 'NHWC':
-        grouped_shape = [shape[0], shape[1], shape[2], group, channels // group]
-        axes, param_shape = [1, 2, 4], [1, 1, 1, group, channels // group]
-    else:
-        grouped_shape = [shape[0], group, channels // group, shape[2], shape[3]]
-        axes, param_shape = [2, 3, 4], [1, group, channels // group, 1, 1]
-    grouped = tf.reshape(x, tf.stack(grouped_shape))
-    mean, variance = tf.nn.moments(grouped, axes, keepdims=True)
-    out = tf.nn.batch_normalization(grouped, mean, variance, tf.reshape(beta, param_shape),
-                                    tf.reshape(gamma, param_shape), epsilon)
-    return tf.reshape(out, shape)
 
 
 def layer_and_formula(x, gamma, beta, group, data_format):
@@ -101,7 +83,7 @@ def test_group_norm_matches_tensorpack_formula_and_its_gradients(data_format, in
 
 
 def test_group_norm_of_an_empty_batch_is_empty_with_zero_parameter_gradients():
-    """A roi head may get no rows (modeling/generalized_rcnn.run_on_nonempty_batch pads the convs'
+    """A roi head may get no rows (modeling/batching.run_on_nonempty_batch pads the convs'
     input, but the layer itself must not fail on N = 0 either)."""
     rng = np.random.RandomState(3)
     gamma, beta = rng.randn(8).astype(np.float32), rng.randn(8).astype(np.float32)
