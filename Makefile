@@ -90,7 +90,7 @@ check-stack: venv horovod
 	TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m pytest tests/modeling tests/test_end_to_end.py tests/test_horovod.py -q
 	TF_ENABLE_ONEDNN_OPTS=0 $(PY) -m pytest tests/modeling -q
 	$(MAKE) demo DEMO_DIR=$(SHORT_DEMO_DIR)-$(shell date +%Y%m%d-%H%M%S) DEMO_MIN_BBOX_AP=0.1 \
-		DEMO_OVERRIDES='TRAIN.LR_SCHEDULE=[45,55,60]'
+		DEMO_OVERRIDES='TRAIN.LR_SCHEDULE=[60,70,75]'
 
 # On a GPU machine, before a long job (about 10 minutes; not part of `make test`). See README.
 gpu-check: venv

@@ -12,6 +12,8 @@ import os
 import shutil
 import time
 
+import numpy as np
+
 from utils.tf_compat import (  # must come before tensorpack
     amp_compute_dtype, check_amp_supported, configure_cudnn_autotune, detect_devices, num_visible_gpus,
     onednn_status, replicated_allreduce_mode, session_config, tf)
@@ -21,6 +23,7 @@ from tensorpack.callbacks import (
     EstimatedTimeLeft, GPUMemoryTracker, GPUUtilizationTracker, HostMemoryTracker, PeriodicCallback,
     SessionRunTimeout, ThroughputTracker)
 from tensorpack.tfutils import SaverRestore, SmartInit
+from tensorpack.tfutils.sessinit import SaverRestoreRelaxed
 from tensorpack.utils import logger
 
 from config import config as cfg, finalize_configs, num_towers, validate_config
@@ -94,10 +97,24 @@ def make_session_init(args, resume_from, is_chief):
         return SaverRestore(resume_from)
     if args.load:
         # Mismatched shapes (e.g. another class count) are skipped and listed by tensorpack.
-        return SmartInit(checkpoints.resolve_model_path(args.load), ignore_mismatch=True)
+        return weights_init(checkpoints.resolve_model_path(args.load), ignore_mismatch=True)
     if cfg.BACKBONE.WEIGHTS:
-        return SmartInit(checkpoints.resolve_model_path(cfg.BACKBONE.WEIGHTS))
+        return weights_init(checkpoints.resolve_model_path(cfg.BACKBONE.WEIGHTS))
     return None
+
+
+def weights_init(path, ignore_mismatch=False):
+    """tensorpack's SmartInit of `path` (.npz or checkpoint) without its global step.
+
+    A run that starts from weights starts at step 0: the schedule counts global steps, and a
+    step restored from the file (a checkpoint's, or an .npz that saved it) would skip the
+    warmup or, past the schedule's last step, leave nothing to train.
+    """
+    if path.endswith('.npz'):
+        weights = {name: value for name, value in np.load(path).items()
+                   if name.split(':')[0] != 'global_step'}
+        return SmartInit(weights, ignore_mismatch=ignore_mismatch)
+    return (SaverRestoreRelaxed if ignore_mismatch else SaverRestore)(path, ignore=['global_step'])
 
 
 def make_callbacks(model, schedule, towers, on_gpu, logdir, rank=None, guard=None):

@@ -285,7 +285,7 @@ def test_syncbn_trains_with_shared_statistics(tmp_path, finished_main_run):
     assert 'Towers: 2, gradient accumulation: 4 step(s)' in output
 
     losses = monitor_values(output, 'total_cost')
-    assert len(losses) == 2 and all(math.isfinite(v) for v in losses), losses
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses), (losses, tail(output))
     prints = fingerprints(output)
     assert prints[(0, 'last-epoch-before-broadcast')] == prints[(1, 'last-epoch-before-broadcast')]
     counts = {int(m['count']) for m in rank_fingerprints.FINGERPRINT_LOG_RE.finditer(output)}
