@@ -50,7 +50,14 @@ resolve() {
         python3.[0-9]|python3.[0-9][0-9]) minor=${name#python} ;;
         *) echo "$name"; return ;;
     esac
-    if command -v pyenv >/dev/null 2>&1 && root=$(pyenv root 2>/dev/null); then
+    root=''
+    if command -v pyenv >/dev/null 2>&1; then
+        root=$(pyenv root 2>/dev/null)
+    fi
+    if [ -z "$root" ]; then   # pyenv's shims on the PATH without pyenv itself
+        root=${PYENV_ROOT:-$HOME/.pyenv}
+    fi
+    if [ -d "$root/versions" ]; then
         for dir in $(ls -d "$root"/versions/"$minor".* 2>/dev/null | sort -V -r); do
             if [ -n "$(minor_version "$dir/bin/$name")" ]; then
                 echo "$dir/bin/$name"

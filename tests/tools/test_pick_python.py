@@ -166,3 +166,12 @@ def test_the_makefile_prints_the_stack_and_stops_on_an_unsupported_python(machin
     assert out.returncode != 0
     assert 'Python 3.8 (python3.8) is not supported' in out.stderr
     assert os.path.exists(tmp_path / 'no-venv') is False
+
+
+def test_pyenv_root_without_the_pyenv_command(machine, tmp_path):
+    bin_dir, env = machine
+    _stand_in(bin_dir / 'python3.13', None)
+    root = tmp_path / 'elsewhere'
+    _stand_in(root / 'versions' / '3.13.0' / 'bin' / 'python3.13', '3.13')
+    code, line = pick(dict(env, PYENV_ROOT=str(root)), '--newest')
+    assert code == 0 and line.split()[1] == str(root / 'versions' / '3.13.0' / 'bin' / 'python3.13')
