@@ -5,11 +5,12 @@ Entry scripts call the `register_*` functions at start-up and then refer to spli
 """
 import importlib
 
-__all__ = ['DatasetRegistry', 'DatasetSplit', 'register_coco', 'register_balloon', 'register_shapes']
+__all__ = ['DatasetRegistry', 'DatasetSplit', 'file_label', 'register_coco', 'register_balloon', 'register_shapes']
 
 _HOME_MODULE = {
     'DatasetRegistry': 'dataset.dataset',
     'DatasetSplit': 'dataset.dataset',
+    'file_label': 'dataset.dataset',
     'register_coco': 'dataset.coco',
     'register_balloon': 'dataset.balloon',
     'register_shapes': 'dataset.shapes',

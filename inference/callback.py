@@ -185,8 +185,7 @@ class EvalCallback(Callback):
             all_results = multithread_predict_dataflow(self._dataflows, self._predictors, should_stop=self._should_stop,
                                                        **self._settings)
 
-        from dataset import DatasetRegistry
-        from dataset.dataset import file_label
+        from dataset import DatasetRegistry, file_label
 
         label = file_label(self._eval_dataset)   # the name itself unless it holds a path
         output_file = os.path.join(self._output_dir, '{}-outputs{}.json'.format(label, self.global_step))

@@ -34,6 +34,7 @@ def test_eval_callback_puts_scores_into_monitors(monkeypatch, tmp_path):
 
     fake_dataset = types.ModuleType('dataset')
     fake_dataset.DatasetRegistry = types.SimpleNamespace(get=lambda name: FakeSplit())
+    fake_dataset.file_label = lambda name: name
     monkeypatch.setitem(sys.modules, 'dataset', fake_dataset)
 
     scalars = {}
@@ -56,7 +57,8 @@ def test_eval_callback_builds_one_predictor_per_shard(monkeypatch, num_gpus, dev
 
     shards = []
     monkeypatch.setattr(build, 'get_eval_dataflow',
-                        lambda name, shard, num_shards: shards.append((name, shard, num_shards)) or shard)
+                        lambda name, shard, num_shards, apply_exif_orientation:
+                        shards.append((name, shard, num_shards, apply_exif_orientation)) or shard)
     built = []
     trainer = types.SimpleNamespace(
         max_epoch=7, get_predictor=lambda in_names, out_names, device: built.append(device) or device)
@@ -66,7 +68,7 @@ def test_eval_callback_builds_one_predictor_per_shard(monkeypatch, num_gpus, dev
     callback._setup_graph()
     callback._before_train()
     assert built == devices
-    assert shards == [('toy_val', k, len(devices)) for k in range(len(devices))]
+    assert shards == [('toy_val', k, len(devices), True) for k in range(len(devices))]   # EXIF: 'apply'
     assert callback._epochs_to_eval == {3, 6, 7}
 
 
