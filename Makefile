@@ -52,20 +52,23 @@ DEMO_CONFIG := $(subst $$(DATA_DIR),$(DATA_DIR),$(shell cat tools/demo_recipe.tx
 # DEMO_MIN_BBOX_AP: the report fails the run below this box mAP.
 DEMO_OVERRIDES ?=
 DEMO_MIN_BBOX_AP ?= 0
+# the recipe without the keys DEMO_OVERRIDES sets (a key given twice is an error), then those
+DEMO_RUN_CONFIG := $(filter-out $(foreach o,$(DEMO_OVERRIDES),$(firstword $(subst =, ,$(o)))=%),$(DEMO_CONFIG)) \
+	$(DEMO_OVERRIDES)
 DEMO_STARTED := $(shell date +%s)
 # a new name for every evaluation, so that a second run keeps the first one's files
 DEMO_EVAL := $(DEMO_DIR)/eval-$(shell date +%Y%m%d-%H%M%S).json
 
 demo: venv
 	$(PY) -m dataset.shapes $(DATA_DIR)/shapes
-	$(PY) train.py --logdir $(DEMO_DIR) --config $(DEMO_CONFIG) $(DEMO_OVERRIDES)
-	$(PY) predict.py --load $(DEMO_DIR) --evaluate $(DEMO_EVAL) --config $(DEMO_CONFIG) $(DEMO_OVERRIDES) 2>&1 \
+	$(PY) train.py --logdir $(DEMO_DIR) --config $(DEMO_RUN_CONFIG)
+	$(PY) predict.py --load $(DEMO_DIR) --evaluate $(DEMO_EVAL) --config $(DEMO_RUN_CONFIG) 2>&1 \
 		| tee $(DEMO_EVAL).log
 	$(PY) -m tools.demo_report --logdir $(DEMO_DIR) --results $(DEMO_EVAL)-shapes_val \
 		--gt-json $(DATA_DIR)/shapes/annotations/instances_shapes_val.json \
 		--image-dir $(DATA_DIR)/shapes/shapes_val --started $(DEMO_STARTED) --min-bbox-ap $(DEMO_MIN_BBOX_AP) \
 		--command "make demo DATA_DIR=$(DATA_DIR) DEMO_DIR=$(DEMO_DIR)$(if $(DEMO_OVERRIDES), DEMO_OVERRIDES='$(DEMO_OVERRIDES)')" \
-		--config $(DEMO_CONFIG) $(DEMO_OVERRIDES)
+		--config $(DEMO_RUN_CONFIG)
 
 # oneDNN is set explicitly, never left to the host's CPU: the whole suite with it on (TensorFlow's
 # default on CPUs with AVX512_VNNI/BF16/AMX), then the model and graph tests with it off. The
