@@ -38,12 +38,12 @@ _UNAVAILABLE = two_hosts.unavailable_reason()
 pytestmark = [pytest.mark.distributed, needs_horovod,
               pytest.mark.skipif(_UNAVAILABLE is not None, reason=str(_UNAVAILABLE))]
 
-# 3 ranks take 8 / 3 times the steps of the batch-8 schedule: [2, 3, 4] -> decays at steps 3 and
-# 6, the end at 10 // 3 = 3 epochs of 3 steps, i.e. 9 steps.
-MAIN_RUN_CONFIG = ['DATA.NUM_WORKERS=1', 'TRAIN.STEPS_PER_EPOCH=3', 'TRAIN.LR_SCHEDULE=[2,3,4]', 'TRAIN.WARMUP=3',
-                   'TRAIN.EVAL_PERIOD=3', 'TRAIN.CHECKPOINT_PERIOD=3']
-# resumed: the end moves to 40 // 3 = 13 epochs; epoch 4 is rank 0's next one
-RESUME_CONFIG = ['DATA.NUM_WORKERS=0', 'TRAIN.LR_SCHEDULE=[2,3,15]', 'TRAIN.EVAL_PERIOD=0']
+# 3 ranks take 8 / 3 times the steps of the batch-8 schedule, rounded up: [1, 2, 3] -> decays at
+# steps 3 and 6, the end at step 8, i.e. 2 epochs of 4 steps (an end inside an epoch would cut it short).
+MAIN_RUN_CONFIG = ['DATA.NUM_WORKERS=1', 'TRAIN.STEPS_PER_EPOCH=4', 'TRAIN.LR_SCHEDULE=[1,2,3]', 'TRAIN.WARMUP=3',
+                   'TRAIN.EVAL_PERIOD=2', 'TRAIN.CHECKPOINT_PERIOD=2']
+# resumed: the end moves to step 40, i.e. 10 epochs; epoch 3 is rank 0's next one
+RESUME_CONFIG = ['DATA.NUM_WORKERS=0', 'TRAIN.LR_SCHEDULE=[1,2,15]', 'TRAIN.EVAL_PERIOD=0']
 SHARD_RE = re.compile(r'Found (?P<total>\d+) images for inference in coco_val2017; '
                       r'shard (?P<shard>\d+)/(?P<shards>\d+) has images \[(?P<begin>\d+), (?P<end>\d+)\)')
 PREDICT_BAR_RE = re.compile(r'\[(\d+)\]<stderr>:Predict: 100%\|[^|]*\| (\d+)/\2 ')
@@ -166,7 +166,7 @@ def test_training_ends_with_identical_variables_on_every_rank(finished_main_run)
     assert len({prints[(rank, 'after-init-before-broadcast')] for rank in RANKS}) == 3, 'ranks should start apart'
     for when in ('last-epoch-before-broadcast', 'after-training'):
         assert len({prints[(rank, when)] for rank in RANKS}) == 1, when
-    assert 'Epoch 3 (global_step 9) finished' in finished_main_run.output
+    assert 'Epoch 2 (global_step 8) finished' in finished_main_run.output
 
 
 def test_only_first_host_ranks_predict_each_val_image_once(finished_main_run):
@@ -196,7 +196,7 @@ def test_evaluation_equals_single_process_predict(finished_main_run, cluster, tm
     run = finished_main_run
     returncode, output = predict_evaluate(run.logdir, cluster.data_dir, str(tmp_path))
     assert returncode == 0, tail(output)
-    assert 'Restoring checkpoint from {}'.format(os.path.join(run.logdir, 'model-9')) in output
+    assert 'Restoring checkpoint from {}'.format(os.path.join(run.logdir, 'model-8')) in output
 
     # rank 0's monitors print '{:.5g}', predict.py '{:.4f}': equal at 4 decimals
     during_training = printed_metrics(rank_lines(run.output, 0),
@@ -207,7 +207,7 @@ def test_evaluation_equals_single_process_predict(finished_main_run, cluster, tm
 
     with open(tmp_path / 'out.json-coco_val2017') as f:
         offline_detections = json.load(f)
-    with open(os.path.join(run.logdir, 'coco_val2017-outputs9.json')) as f:
+    with open(os.path.join(run.logdir, 'coco_val2017-outputs8.json')) as f:
         training_detections = json.load(f)
     assert {d['image_id'] for d in training_detections} <= set(range(1, NUM_VAL + 1))
     assert len(offline_detections) == len(training_detections)
@@ -217,9 +217,9 @@ def test_evaluation_equals_single_process_predict(finished_main_run, cluster, tm
 def test_resumed_run_starts_every_rank_at_rank_zero_epoch(killed_resumed_run):
     output = killed_resumed_run.output
     assert killed_resumed_run.killed, tail(output)
-    assert 'is at step 9: continuing with epoch 4' in ''.join(rank_lines(output, 0))
+    assert 'is at step 8: continuing with epoch 3' in ''.join(rank_lines(output, 0))
     for rank in RANKS:
-        assert started_epochs(output, rank)[0] == 4, rank
+        assert started_epochs(output, rank)[0] == 3, rank
 
 
 def test_killing_a_rank_on_the_second_host_ends_the_job_and_names_it(killed_resumed_run):
