@@ -5,7 +5,7 @@ a veth pair (tests/two_hosts.py); horovodrun runs on host 1 and starts rank 2 th
 host 2. The directory holding every --logdir exists on host 1 only: host 2 sees an empty read-only
 tmpfs there. The tiny GN config and data are those of tests/test_horovod.py.
 
-Two jobs: the main run trains 3 epochs of 3 steps and evaluates at the end; the second resumes
+Two jobs: the main run trains 2 epochs of 4 steps and evaluates at the end; the second resumes
 it with a longer schedule and, once every rank has started its first epoch, rank 2 is killed.
 Marked `distributed`; skipped, with the reason, without root, namespaces, sshd or Horovod.
 """
