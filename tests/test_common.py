@@ -1,5 +1,5 @@
 """common.py, the face of the dataflow's image and geometry helpers (their tests live in
-tests/dataflow/ and tests/test_failures.py)."""
+tests/dataflow/ and tests/utils/test_failures.py)."""
 import common
 
 from tests.facades import facade_problems

@@ -6,11 +6,9 @@ steps (8 epochs of 4), evaluates once at the end and saves one checkpoint; its o
 by several tests. Ranks print one line each for their variables' fingerprint and their first
 training images (utils/fingerprints.py); horovodrun prefixes every line with `[rank]<stdout>:`.
 """
-import ast
 import json
 import math
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -21,7 +19,7 @@ import pytest
 
 from config import config as cfg
 from config import finalize_configs, num_towers
-from utils import checkpoints
+from utils import checkpoints, logs
 from utils import fingerprints as rank_fingerprints
 from utils.tf_compat import detect_devices
 
@@ -122,18 +120,9 @@ def rank_lines(output, rank):
     return [line for line in output.splitlines() if prefix in line]
 
 
-def logged_value(output, label):
-    """The Python literal after `label` on rank 0's first line containing it."""
-    for line in rank_lines(output, 0):
-        if label in line:
-            return ast.literal_eval(line.split(label, 1)[1].strip())
-    raise AssertionError('no line with {!r} in the output'.format(label))
-
-
-def monitor_values(output, name):
-    """Values of scalar `name` printed by rank 0's ScalarPrinter ('name: value')."""
-    pattern = re.compile(r'@monitor\.py:\d+\] {}: (\S+)$'.format(re.escape(name)))
-    return [float(m.group(1)) for line in rank_lines(output, 0) for m in [pattern.search(line)] if m]
+def rank0(output):
+    """Rank 0's lines of horovodrun's output, as one text for utils.logs' readers."""
+    return '\n'.join(rank_lines(output, 0))
 
 
 # the shared runs -------------------------------------------------------------------------
@@ -206,7 +195,7 @@ def test_evaluation_runs_on_both_ranks_without_stalls(finished_main_run):
     # rank 0 predicted images 1..4, rank 1 images 5..8 (one contiguous shard each)
     image_ids = {r['image_id'] for r in results}
     assert image_ids & {1, 2, 3, 4} and image_ids & {5, 6, 7, 8}
-    assert monitor_values(run.output, 'coco_val2017-mAP(bbox)/IoU=0.5:0.95')
+    assert logs.monitor_values(rank0(run.output), 'coco_val2017-mAP(bbox)/IoU=0.5:0.95')
     assert not [w for w in STALL_WARNINGS if w in run.output]
 
 
@@ -214,14 +203,15 @@ def test_evaluation_runs_on_both_ranks_without_stalls(finished_main_run):
 def test_schedule_is_scaled_for_two_ranks(finished_main_run):
     output = finished_main_run.output
     assert 'Towers: 2, gradient accumulation: 1 step(s)' in output
+    log = rank0(output)
     # warmup: 1e-5 * min(8 / 2, 1) = 1e-5 at step 0, BASE_LR after WARMUP=10 steps
-    assert logged_value(output, 'Warmup steps:') == 10
-    steps = logged_value(output, 'LR Schedule (steps, value):')
+    assert logs.logged_value(log, 'Warmup steps:') == 10
+    steps = logs.logged_value(log, 'LR Schedule (steps, value):')
     assert [s for s, _ in steps] == [0, 10, 16, 20]
     assert [lr for _, lr in steps] == pytest.approx([1e-5, 0.005, 0.0005, 0.00005])
-    assert logged_value(output, 'Last step:') == 32 and logged_value(output, 'Max epoch:') == 8
+    assert logs.logged_value(log, 'Last step:') == 32 and logs.logged_value(log, 'Max epoch:') == 8
     assert 'Epoch 8 (global_step 32) finished' in output
-    assert monitor_values(output, 'learning_rate')[-1] == pytest.approx(0.00005)
+    assert logs.monitor_values(log, 'learning_rate')[-1] == pytest.approx(0.00005)
 
 
 @needs_horovod
@@ -284,7 +274,7 @@ def test_syncbn_trains_with_shared_statistics(tmp_path, finished_main_run):
     assert returncode == 0, tail(output)
     assert 'Towers: 2, gradient accumulation: 4 step(s)' in output
 
-    losses = monitor_values(output, 'total_cost')
+    losses = logs.monitor_values(rank0(output), 'total_cost')
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses), (losses, tail(output))
     prints = fingerprints(output)
     assert prints[(0, 'last-epoch-before-broadcast')] == prints[(1, 'last-epoch-before-broadcast')]
@@ -311,7 +301,7 @@ def test_two_images_per_rank_keep_the_ranks_identical(tmp_path, data_dir):
     returncode, output = horovodrun_train(workdir, os.path.join(workdir, 'train_log'), config)
     assert returncode == 0, tail(output)
     assert 'Towers: 2, gradient accumulation: 2 step(s), images per tower: 2' in output
-    losses = monitor_values(output, 'total_cost')
+    losses = logs.monitor_values(rank0(output), 'total_cost')
     assert len(losses) == 1 and all(math.isfinite(v) for v in losses), losses
     assert first_images(output)[0] != first_images(output)[1]
     prints = fingerprints(output)

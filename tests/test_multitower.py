@@ -1,6 +1,6 @@
 """The GPU user's code paths on a CPU: the replicated trainer with 2 towers and multi-tower
 evaluation (predict.py and EvalCallback). NCHW against NHWC is compared by the GPU check's dry
-run (tests/test_gpu_check.py).
+run (tests/tools/test_gpu_check.py).
 
 The 2 towers are CPU stand-ins for 2 GPUs: `FRCNN_CPU_TOWERS=2` (utils/tf_compat.py, the one
 test-only switch) makes the config count 2 tower devices and the replicated trainer sum the
@@ -20,7 +20,7 @@ import types
 import numpy as np
 import pytest
 
-from utils import checkpoints, fingerprints
+from utils import checkpoints, fingerprints, logs
 from utils.tf_compat import CPU_TOWERS_ENV, num_visible_gpus, replicated_allreduce_mode, tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,19 +98,6 @@ def replicated_run(shapes_dir, tmp_path_factory):
                                     str(workdir / 'train.log'))
     assert returncode == 0, tail(output)
     return types.SimpleNamespace(output=output, logdir=logdir, config=config)
-
-
-def logged_value(output, label):
-    import ast
-    for line in output.splitlines():
-        if label in line:
-            return ast.literal_eval(line.split(label, 1)[1].strip())
-    raise AssertionError('no line with {!r} in the output'.format(label))
-
-
-def monitor_values(output, name):
-    pattern = re.compile(r'@monitor\.py:\d+\] {}: (\S+)$'.format(re.escape(name)))
-    return [float(m.group(1)) for line in output.splitlines() for m in [pattern.search(line)] if m]
 
 
 # the seam ----------------------------------------------------------------------------------
@@ -245,13 +232,13 @@ def test_two_towers_scale_the_schedule_and_accumulate_four_steps(replicated_run)
     assert 'Towers: 2, gradient accumulation: 4 step(s)' in output
     assert 'Training a model of 2 towers' in output
     # warmup starts at WARMUP_INIT_LR * min(8 / 2, 1) and reaches BASE_LR after WARMUP=2 steps (epoch 1)
-    assert logged_value(output, 'Warmup steps:') == 2
-    steps = logged_value(output, 'LR Schedule (steps, value):')
+    assert logs.logged_value(output, 'Warmup steps:') == 2
+    steps = logs.logged_value(output, 'LR Schedule (steps, value):')
     assert [s for s, _ in steps] == [0, 2, 4, 8]
     assert [lr for _, lr in steps] == pytest.approx([WARMUP_INIT_LR, BASE_LR, BASE_LR * 0.1, BASE_LR * 0.01])
-    assert logged_value(output, 'Last step:') == LAST_STEP and logged_value(output, 'Max epoch:') == 6
+    assert logs.logged_value(output, 'Last step:') == LAST_STEP and logs.logged_value(output, 'Max epoch:') == 6
     assert 'Epoch 6 (global_step {}) finished'.format(LAST_STEP) in output
-    assert monitor_values(output, 'learning_rate')[-1] == pytest.approx(BASE_LR * 0.01)
+    assert logs.monitor_values(output, 'learning_rate')[-1] == pytest.approx(BASE_LR * 0.01)
 
     # Accumulation: 12 steps counted; the sums were applied and reset at steps 4, 8 and 12.
     reader = tf.train.NewCheckpointReader(checkpoints.latest_complete_checkpoint(replicated_run.logdir))
@@ -284,7 +271,7 @@ def test_eval_callback_predicts_every_image_with_two_towers(replicated_run, one_
     output = replicated_run.output
     for tower in (0, 1):
         assert "Building graph for predict tower 'tower-pred-{0}' on device /gpu:{0}".format(tower) in output
-    assert monitor_values(output, 'shapes_val-mAP(bbox)/IoU=0.5:0.95')
+    assert logs.monitor_values(output, 'shapes_val-mAP(bbox)/IoU=0.5:0.95')
     with open(os.path.join(replicated_run.logdir, 'shapes_val-outputs{}.json'.format(LAST_STEP))) as f:
         during_training = json.load(f)
     assert {r['image_id'] for r in during_training} == set(range(1, NUM_VAL + 1))

@@ -14,6 +14,8 @@ import shutil
 import sys
 from collections import namedtuple
 
+from utils.logs import monitor_values
+
 Result = namedtuple('Result', ['name', 'status', 'figure'])
 PASS, FAIL, SKIP = 'PASS', 'FAIL', 'SKIP'
 
@@ -32,12 +34,6 @@ def last_error_line(output):
         if re.search(r'(Error|error|Exception)\b', line):
             return line.strip()[:200]
     return lines[-1].strip()[:200] if lines else 'no output'
-
-
-def monitor_values(output, name):
-    """Values of tensorpack scalar `name` as its ScalarPrinter logs them ('name: value')."""
-    pattern = re.compile(r'@monitor\.py:\d+\] {}: (\S+)$'.format(re.escape(name)))
-    return [float(m.group(1)) for line in output.splitlines() for m in [pattern.search(line)] if m]
 
 
 def check_tf_gpus(ctx):

@@ -211,8 +211,9 @@ def test_two_differently_configured_models_in_one_process():
     with tf.Graph().as_default():
         helpers.build_inference_graph(fpn_model)
         assert diff(model_variables(), expected.fpn_model(**TINY_FPN_DIMS)) == ''
-    assert c4_model.get_inference_tensor_names()[1] == list(names.OUTPUT_NAMES)
-    assert fpn_model.get_inference_tensor_names()[1] == list(names.OUTPUT_NAMES_WITH_MASKS)
+    assert c4_model.get_inference_tensor_names()[1] == ['output/boxes', 'output/scores', 'output/labels']
+    assert fpn_model.get_inference_tensor_names()[1] == ['output/boxes', 'output/scores', 'output/labels',
+                                                         'output/masks']
 
 
 class TestEdgeCases:

@@ -10,7 +10,7 @@ import pytest
 
 from utils.logdir_lock import LOCK_NAME, LogdirLock, LogdirLockedError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HOLDER = '''
 import sys, time
 sys.path.insert(0, {root!r})

@@ -28,7 +28,7 @@ from utils import checkpoints, failures, tensor_names, workers
 from utils.logdir_lock import LOCK_NAME, LogdirLock
 from utils.tf_compat import tf
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMEOUT_SECONDS = 300   # per train.py run; slow machines take ~1 min to build the graph
 
 # The smallest model train.py builds; the failure paths do not depend on it.
@@ -279,7 +279,7 @@ PARENT_SCRIPT = '''
 import multiprocessing.resource_tracker as tracker, sys, time
 sys.path.insert(0, {root!r})
 from common import SpawnMultiProcessMapData
-from tests.test_failures import _Endless, slow_identity
+from tests.utils.test_failures import _Endless, slow_identity
 if __name__ == '__main__':
     import multiprocessing
     multiprocessing.set_start_method('spawn', force=True)   # as train.py

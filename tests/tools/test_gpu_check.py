@@ -1,5 +1,5 @@
 """tools/gpu_check.sh: its CPU dry run end to end, and the runner of tools/gpu_check.py (the items'
-decisions: tests/test_gpu_check_items.py)."""
+decisions: tests/tools/test_gpu_check_items.py)."""
 import os
 import subprocess
 import types
@@ -9,7 +9,7 @@ import pytest
 
 from tools import gpu_check
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ITEM_NAMES = ['tf-gpus', 'horovod-nccl', 'replicated', 'horovod', 'nchw', 'amp', 'peak-memory']
 
 
