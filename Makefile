@@ -73,16 +73,22 @@ demo: venv
 # oneDNN is set explicitly, never left to the host's CPU: the whole suite with it on (TensorFlow's
 # default on CPUs with AVX512_VNNI/BF16/AMX), then the model and graph tests with it off. The
 # end-to-end training on images without objects runs both settings itself.
+# TEST_WORKERS pytest processes (pytest-xdist) share the test files, one file to a process so
+# that a file's shared fixtures are built once; TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 test: venv horovod
 	$(PY) -m ruff check .
-	TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m pytest tests -q -m "not distributed"
-	TF_ENABLE_ONEDNN_OPTS=0 $(PY) -m pytest tests/modeling -q
+	TF_ENABLE_ONEDNN_OPTS=1 $(PYTEST) tests -m "not distributed"
+	TF_ENABLE_ONEDNN_OPTS=0 $(PYTEST) tests/modeling
 
 # Horovod on two hosts made of network namespaces, joined by a veth pair, with an sshd on the
-# second (about 3 minutes; needs root; installs iproute2, util-linux and OpenSSH with apt-get).
+# second (about 1.5 minutes; needs root; installs iproute2, util-linux and OpenSSH with apt-get;
+# TWO_HOST_DEPS= leaves that out, and the test reports itself skipped where something is missing).
+TWO_HOST_DEPS ?= tools/install_two_host_deps.sh
 test-distributed: venv horovod
-	tools/install_two_host_deps.sh
-	TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m pytest -m distributed tests/test_horovod_two_hosts.py -q
+	$(TWO_HOST_DEPS)
+	TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m pytest -q -rs -m distributed tests/test_horovod_two_hosts.py
 
 # What shows that a stack works, shorter than `test` (CI runs it on the newest corner with
 # NEWEST=1 VENV=.venv-newest): the model tests with oneDNN on and off, the end-to-end
@@ -90,8 +96,8 @@ test-distributed: venv horovod
 SHORT_DEMO_DIR ?= train_log/demo-short
 check-stack: venv horovod
 	$(PY) -m ruff check .
-	TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m pytest tests/modeling tests/test_end_to_end.py tests/test_horovod.py -q
-	TF_ENABLE_ONEDNN_OPTS=0 $(PY) -m pytest tests/modeling -q
+	TF_ENABLE_ONEDNN_OPTS=1 $(PYTEST) tests/modeling tests/test_end_to_end.py tests/test_horovod.py
+	TF_ENABLE_ONEDNN_OPTS=0 $(PYTEST) tests/modeling
 	$(MAKE) demo DEMO_DIR=$(SHORT_DEMO_DIR)-$(shell date +%Y%m%d-%H%M%S) DEMO_MIN_BBOX_AP=0.1 \
 		DEMO_OVERRIDES='TRAIN.LR_SCHEDULE=[60,70,75]'
 
