@@ -6,7 +6,8 @@ config, and it gets the config as an argument (no module here imports config.py)
 the records directly, or from a copy of a finalized config, so two differently configured
 models can live in one process.
 
-This module loads no TensorFlow, so config.py and the scripts can read its constants.
+This module loads no TensorFlow, so config.py's validation (configlib/) and the scripts can read
+its constants.
 
 Shape shorthand: K categories (foreground classes); A anchors per cell; S an ROIAlign side.
 """

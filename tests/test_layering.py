@@ -4,6 +4,8 @@ Read from the source (every import statement, also those inside functions), not 
 - no import cycles between the project's modules;
 - utils/ is the ground floor: it imports no other part of the project;
 - modeling/ never imports config.py (the models take parameter records, modeling/params.py);
+- configlib/ (config.py's machinery) sits between utils/ and config.py: it imports only utils/,
+  modeling/params.py and itself, and only config.py (and the tests) import it;
 - bench/ and tools/ never import tests/.
 """
 import ast
@@ -116,7 +118,8 @@ def graph():
 def test_the_graph_sees_the_project(graph):
     # Guards the reader: were it to miss imports, every rule below would pass vacuously.
     assert 'utils.tf_compat' in graph['modeling.rcnn']
-    assert 'modeling.params' in graph['config']
+    assert 'modeling.params' in graph['configlib.validate']
+    assert 'configlib.keys' in graph['config']
     assert 'utils.tf_compat' in graph['config']      # an import inside finalize_configs
     assert 'modeling.rcnn' in graph['modeling.rcnn_fpn']     # a relative import
 
@@ -131,7 +134,27 @@ def test_utils_is_the_ground_floor(graph):
 
 
 def test_no_modeling_module_imports_config(graph):
-    assert offenders(graph, 'modeling', {'config'}) == []
+    assert offenders(graph, 'modeling', {'config', 'configlib'}) == []
+
+
+# What configlib/ may import: the ground floor, the model's TensorFlow-free choices, itself.
+CONFIGLIB_MAY_IMPORT = ('utils', 'modeling', 'modeling.params', 'configlib')
+
+
+def configlib_offenders(graph):
+    """(importer, imported) pairs that break configlib/'s place: it imports something above it, or
+    a module other than config.py and the tests imports it."""
+    upward = [(module, target) for module, targets in graph.items() if _top(module) == 'configlib'
+              for target in targets
+              if target not in CONFIGLIB_MAY_IMPORT and _top(target) not in ('utils', 'configlib')]
+    users = [(module, target) for module, targets in graph.items()
+             if module != 'config' and _top(module) not in ('configlib', 'tests')
+             for target in targets if _top(target) == 'configlib']
+    return sorted(upward + users)
+
+
+def test_configlib_sits_between_utils_and_config(graph):
+    assert configlib_offenders(graph) == []
 
 
 @pytest.mark.parametrize('importer', ['bench', 'tools'])
@@ -146,6 +169,8 @@ def test_the_rules_catch_an_upward_import(tmp_path):
         'utils/__init__.py': '', 'utils/compat.py': 'def g():\n    from config import Devices\n',
         'modeling/__init__.py': '', 'modeling/rcnn.py': 'from . import params\nimport config\n',
         'modeling/params.py': '', 'bench/x.py': 'from tests.helpers import h\n',
+        'configlib/__init__.py': '', 'configlib/keys.py': 'from modeling import params\nimport config\n',
+        'train.py': 'import config\nfrom configlib.keys import KeyTable\n',
         'tests/__init__.py': '', 'tests/helpers.py': '',
     }
     for name, text in files.items():
@@ -156,3 +181,4 @@ def test_the_rules_catch_an_upward_import(tmp_path):
     assert offenders(bad, 'utils', {'config'}) == [('utils.compat', 'config')]
     assert offenders(bad, 'modeling', {'config'}) == [('modeling.rcnn', 'config')]
     assert offenders(bad, 'bench', {'tests'}) == [('bench.x', 'tests.helpers')]
+    assert configlib_offenders(bad) == [('configlib.keys', 'config'), ('train', 'configlib.keys')]
