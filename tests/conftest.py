@@ -1,6 +1,7 @@
 """Shared fixtures: every test starts and ends with the default config."""
 import logging
 
+import utils.tf_compat  # noqa: F401  (before any test module imports tensorpack: TensorFlow's set-up)
 import pytest
 
 from config import reset_config

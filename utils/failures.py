@@ -19,6 +19,7 @@ import threading
 import time
 import traceback
 
+import utils.tf_compat  # noqa: F401  (configures TensorFlow before tensorpack imports it)
 from tensorpack.callbacks import Callback
 from tensorpack.dataflow import DataFlowTerminated, ProxyDataFlow
 from tensorpack.utils import logger

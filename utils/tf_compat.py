@@ -57,6 +57,31 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import tensorflow as _tf  # noqa: E402
 
+
+def _check_legacy_keras_selected():
+    """tf.keras is resolved once per process, at its first use, by TF_USE_LEGACY_KERAS; importing
+    tensorpack uses it. If that happened before this module set the variable (tensorpack imported
+    first), or the variable says no, every tensorpack layer and regularizer gets Keras 3, which
+    fails much later with errors such as "Invalid dtype: float32_ref". Say so now instead."""
+    setting = os.environ.get('TF_USE_LEGACY_KERAS')
+    keras = _tf.__dict__.get('keras')
+    if type(keras).__name__ == 'KerasLazyLoader':
+        resolved_to = None   # not resolved yet: the variable decides
+    else:
+        resolved_to = getattr(keras, '__name__', '?')
+    if setting in ('1', 'true', 'True') and (resolved_to is None or resolved_to.startswith('tf_keras')):
+        return
+    raise ImportError(
+        "tensorpack needs the legacy Keras 2 (tf_keras) under TensorFlow {}.{}, but {}: import "
+        "utils.tf_compat (or any module of this project) before tensorflow.keras or tensorpack, and "
+        "leave TF_USE_LEGACY_KERAS unset or set it to 1 (it is {!r})."
+        .format(*TF_VERSION, 'tf.keras is Keras 3 ({}) in this process'.format(resolved_to)
+                if resolved_to else 'TF_USE_LEGACY_KERAS turns it off', setting))
+
+
+if TF_VERSION >= (2, 16):
+    _check_legacy_keras_selected()
+
 if TF_VERSION[0] >= 2:
     # tensorpack builds TF1-style graphs; eager mode and v2 control flow must be off
     # before any graph is created.

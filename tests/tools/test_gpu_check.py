@@ -2,6 +2,7 @@
 decisions: tests/tools/test_gpu_check_items.py)."""
 import os
 import subprocess
+import sys
 import types
 
 import numpy as np
@@ -16,9 +17,12 @@ ITEM_NAMES = ['tf-gpus', 'horovod-nccl', 'replicated', 'horovod', 'nchw', 'amp',
 @pytest.fixture(scope='module')
 def dry_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp('gpu_check') / 'work')
+    # the interpreter of this test run, so that a second stack's venv checks itself
     proc = subprocess.run([os.path.join(ROOT, 'tools', 'gpu_check.sh'), '--dry-run', '--workdir', workdir],
                           cwd=str(tmp_path_factory.getbasetemp()), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=1500)
+                          text=True, timeout=1500, env=dict(os.environ, PYTHON=sys.executable))
+    if not os.path.exists(os.path.join(workdir, 'report.txt')):
+        pytest.fail('the dry run wrote no report (exit code {}):\n{}'.format(proc.returncode, proc.stdout[-5000:]))
     with open(os.path.join(workdir, 'report.txt')) as f:
         report = [gpu_check.REPORT_LINE_RE.match(line).groupdict() for line in f.read().splitlines()]
     return types.SimpleNamespace(returncode=proc.returncode, output=proc.stdout, workdir=workdir,
