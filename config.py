@@ -22,7 +22,6 @@ import copy
 
 from configlib.attrdict import AttrDict
 from configlib.derive import Derived, derive_config, resolution_requirement
-from configlib.derive import expand_lr_schedule as _expand_lr_schedule   # noqa: F401 (tests read it here)
 from configlib.keys import KeyTable, combine_overrides
 from configlib.validate import validate_config as _validate
 from utils.devices import Devices
@@ -30,9 +29,7 @@ from utils.devices import Devices
 __all__ = ['config', 'finalize_configs', 'validate_config', 'derive_config', 'Derived', 'Devices',
            'new_config', 'reset_config', 'describe_config', 'combine_overrides', 'num_towers', 'AttrDict']
 
-_KEYS = KeyTable()
-_SPECS = _KEYS.specs        # 'DATA.TRAIN' -> configlib.keys.Spec
-_DERIVED = _KEYS.derived    # keys filled by finalize_configs -> doc
+_KEYS = KeyTable()   # every declared key: .specs (users set them), .derived (finalize_configs fills them)
 
 
 class Config(AttrDict):
@@ -270,7 +267,7 @@ def new_config():
 
 def describe_config():
     """Rows of (key, default, description) for every settable key."""
-    return [(key, repr(spec.default), spec.doc) for key, spec in _SPECS.items()]
+    return [(key, repr(spec.default), spec.doc) for key, spec in _KEYS.specs.items()]
 
 
 if __name__ == '__main__':

@@ -8,6 +8,7 @@ import pytest
 
 import config as config_module
 from config import Devices, config as cfg, finalize_configs, reset_config
+from configlib.derive import expand_lr_schedule
 
 
 @pytest.fixture
@@ -42,11 +43,11 @@ def test_defaults_match_the_example():
 def test_every_key_in_the_tree_is_declared_with_its_default():
     """A key added to the tree without `_declare`/`_derived` has no description, type or check."""
     leaves = dict(_leaves(cfg))
-    assert set(leaves) == set(config_module._SPECS) | set(config_module._DERIVED)
-    for key, spec in config_module._SPECS.items():
+    assert set(leaves) == set(config_module._KEYS.specs) | set(config_module._KEYS.derived)
+    for key, spec in config_module._KEYS.specs.items():
         assert leaves[key] == spec.default, key
     described = [key for key, _, doc in config_module.describe_config() if doc.strip()]
-    assert described == list(config_module._SPECS)
+    assert described == list(config_module._KEYS.specs)
 
 
 def test_override_parses_literals():
@@ -187,13 +188,13 @@ def test_config_pickles():
     ([10, 20, 30], [10, 20, 30]),
 ])
 def test_lr_schedule_expansion(schedule, expected):
-    assert config_module._expand_lr_schedule(schedule) == expected
+    assert expand_lr_schedule(schedule) == expected
 
 
 @pytest.mark.parametrize('schedule', ['x', '0x', 'fast', [30, 20, 10], []])
 def test_bad_lr_schedule(schedule):
     with pytest.raises(ValueError, match='LR_SCHEDULE'):
-        config_module._expand_lr_schedule(schedule)
+        expand_lr_schedule(schedule)
 
 
 CPU = Devices(tower_devices=0, horovod_size=None, default_data_format='NHWC')
@@ -220,9 +221,9 @@ def test_finalize_keeps_the_declared_values(registered_split):
     """What the user gave stays as given; only the keys declared as derived are filled."""
     cfg.update_args(['PREPROC.MAX_SIZE=1000', 'TRAIN.LR_SCHEDULE=2x', "DATA.VAL='cfgtest_val'",
                      'DATA.BASEDIR=~/cfgtest', 'PREPROC.TRAIN_SHORT_EDGE_SIZE=600'])
-    declared = {key: value for key, value in _leaves(cfg) if key not in config_module._DERIVED}
+    declared = {key: value for key, value in _leaves(cfg) if key not in config_module._KEYS.derived}
     finalize_configs(is_training=True, devices=CPU)
-    assert {key: value for key, value in _leaves(cfg) if key not in config_module._DERIVED} == declared
+    assert {key: value for key, value in _leaves(cfg) if key not in config_module._KEYS.derived} == declared
     assert cfg.PREPROC.MAX_SIZE == 1000 and cfg.TRAIN.LR_SCHEDULE == '2x'
     assert cfg.TRAIN.NUM_GPUS is None and cfg.TRAIN.ACCUMULATE_STEPS is None and cfg.BACKBONE.DATA_FORMAT is None
 

@@ -14,8 +14,8 @@ KERAS_3_ARRIVED = (2, 16)
 
 
 def run_python(code, **env):
-    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', **env)
-    environment.pop('TF_USE_LEGACY_KERAS', None)
+    environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+    environment.pop('TF_USE_LEGACY_KERAS', None)   # as a user's shell: utils.tf_compat sets it
     environment.update(env)
     return subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=environment,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
